@@ -1,0 +1,55 @@
+"""The Mailbox protocol the pipeline reads from; Maildir and IMAP implement it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class MailboxError(Exception):
+    """A mailbox operation failed (connection, protocol); the poller reconnects and retries."""
+
+
+@dataclass(frozen=True)
+class MailboxMessage:
+    """One message waiting in the watched folder.
+
+    `location` identifies it within (account, folder): "UIDVALIDITY:UID" on IMAP, the file key on
+    Maildir. `raw` is None when the message is larger than the configured cap and was not
+    downloaded; the pipeline quarantines it by size alone.
+    """
+
+    location: str
+    size: int
+    raw: bytes | None
+
+
+class Mailbox(Protocol):
+    @property
+    def account(self) -> str:
+        """A stable name for the mailbox account, used as the ledger key (no secrets)."""
+        ...
+
+    @property
+    def folder(self) -> str:
+        """The watched folder, as configured (with "/" as the hierarchy separator)."""
+        ...
+
+    def fetch_new(self, known: frozenset[str] = frozenset()) -> Iterator[MailboxMessage]:
+        """Yield messages in the watched folder, skipping locations in `known` without download."""
+        ...
+
+    def file(self, location: str, folder: str) -> bool:
+        """Move the message to `folder` (created if missing). False if it is no longer there."""
+        ...
+
+    def append(self, raw: bytes, folder: str | None = None) -> None:
+        """Deliver raw bytes into a folder (the watched one by default): demos and tests."""
+        ...
+
+    def wait_for_new(self, timeout: float) -> bool:
+        """Block up to `timeout` seconds for new mail (IMAP IDLE); True if something arrived."""
+        ...
+
+    def close(self) -> None: ...
