@@ -217,6 +217,7 @@ class OutboundEmail(SQLModel, table=True):
     kind: str  # "reply" or "safeguarding_alert"
     message_id: str = Field(unique=True)
     recipients: list[str] = Field(default_factory=list, sa_type=JSON)
+    reply_to: str | None = Field(default=None, index=True)  # for replies: the one addressee
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     state: OutboundState = Field(default=OutboundState.PENDING, index=True)
     attempts: int = 0

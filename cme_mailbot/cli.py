@@ -1,0 +1,329 @@
+"""Command line: thin entry points over the pipeline, the contacts list and the read models.
+
+Bad input (arguments or configuration) is a one-line error and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+import click
+import structlog
+from sqlmodel import Session
+
+from cme_mailbot import contacts as contacts_mod
+from cme_mailbot import queries
+from cme_mailbot.config import ConfigError, Settings, load_settings
+from cme_mailbot.db import session_scope
+from cme_mailbot.logging import configure_logging
+from cme_mailbot.schema import default_schema
+
+log = structlog.get_logger("cme_mailbot.cli")
+
+
+class Ctx:
+    def __init__(self, config_path: Path | None):
+        self.config_path = config_path
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config_path)
+            configure_logging(self._settings.logging.format, self._settings.logging.level)
+        return self._settings
+
+    def engine(self) -> Any:
+        from cme_mailbot.wiring import open_database
+
+        return open_database(self.settings)
+
+
+def fail(message: str) -> NoReturn:
+    click.echo(f"cme-mailbot: error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="TOML configuration file (default: $CME_MAILBOT_CONFIG, else embedded defaults).",
+)
+@click.version_option(package_name="cme-mailbot")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None) -> None:
+    """Runs a council's Children Missing Education referral mailbox."""
+    ctx.obj = Ctx(config_path)
+
+
+# ---- the poller -----------------------------------------------------------------------------
+
+
+def _pipeline(c: Ctx) -> Any:
+    from cme_mailbot.pipeline import Pipeline
+    from cme_mailbot.wiring import open_mailbox, open_transport
+
+    s = c.settings
+    return Pipeline(c.engine(), s, open_mailbox(s), open_transport(s))
+
+
+@cli.command()
+@click.option("--once", is_flag=True, required=True, help="One pass over the mailbox, then exit.")
+@click.pass_obj
+def poll(c: Ctx, once: bool) -> None:
+    """One pass over the mailbox; prints a summary."""
+    pipeline = _pipeline(c)
+    try:
+        summary = pipeline.poll_once(progress=lambda line: click.echo(line, err=True))
+    finally:
+        pipeline.mailbox.close()
+        pipeline.transport.close()
+    click.echo(summary.line())
+    if summary.errors:
+        sys.exit(1)
+
+
+@cli.command()
+@click.pass_obj
+def run(c: Ctx) -> None:
+    """The scheduled poller, until SIGTERM/SIGINT (finishes the message in hand, exits 0)."""
+    from apscheduler.schedulers.blocking import BlockingScheduler
+
+    pipeline = _pipeline(c)
+    scheduler = BlockingScheduler()
+
+    def tick() -> None:
+        summary = pipeline.poll_once()
+        if summary.new or summary.replies_sent:
+            log.info("poll", summary=summary.line())
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        pipeline.stop_requested.set()
+        scheduler.shutdown(wait=False)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    scheduler.add_job(
+        tick,
+        "interval",
+        seconds=c.settings.poller.interval_seconds,
+        max_instances=1,
+        coalesce=True,
+        next_run_time=__import__("datetime").datetime.now(),
+    )
+    log.info("running", interval=c.settings.poller.interval_seconds)
+    scheduler.start()
+    pipeline.mailbox.close()
+    pipeline.transport.close()
+
+
+# ---- demo and forms -------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("demo-output"),
+    show_default=True,
+    help="Scratch folder (emptied first).",
+)
+def demo(directory: Path) -> None:
+    """The whole flow on the embedded defaults in a scratch folder; no servers needed."""
+    from cme_mailbot.demo import run_demo
+
+    configure_logging("console", "warning")
+    run_demo(directory, echo=click.echo)
+
+
+@cli.group()
+def forms() -> None:
+    """The blank referral form."""
+
+
+@forms.command("export")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+def forms_export(directory: Path) -> None:
+    """Write the blank referral form as fillable PDF and Word."""
+    from cme_mailbot.forms.export import export_blank_forms
+
+    for path in export_blank_forms(directory):
+        click.echo(str(path))
+
+
+# ---- the approved-sender list ---------------------------------------------------------------
+
+
+@cli.group()
+def contacts() -> None:
+    """The approved-sender list."""
+
+
+@contacts.command("add")
+@click.argument("email")
+@click.option("--school-urn", required=True, help="The school's 6-digit URN.")
+@click.option("--school-name", default=None)
+@click.pass_obj
+def contacts_add(c: Ctx, email: str, school_urn: str, school_name: str | None) -> None:
+    """Approve EMAIL to refer for a school."""
+    try:
+        with session_scope(c.engine()) as s:
+            added = contacts_mod.add_contact(s, email, school_urn, school_name)
+    except contacts_mod.ContactError as exc:
+        fail(str(exc))
+    what = "added" if added else "already approved"
+    click.echo(f"{what}: {email.strip().lower()} for URN {school_urn.strip()}")
+
+
+@contacts.command("remove")
+@click.argument("email")
+@click.pass_obj
+def contacts_remove(c: Ctx, email: str) -> None:
+    """Remove EMAIL from the approved list."""
+    try:
+        with session_scope(c.engine()) as s:
+            removed = contacts_mod.remove_contact(s, email)
+    except contacts_mod.ContactError as exc:
+        fail(str(exc))
+    if not removed:
+        fail(f"not on the approved list: {email.strip().lower()}")
+    click.echo(f"removed: {email.strip().lower()}")
+
+
+@contacts.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def contacts_list(c: Ctx, as_json: bool) -> None:
+    """List approved contacts and their schools."""
+    with Session(c.engine()) as s:
+        rows = contacts_mod.list_contacts(s)
+    if as_json:
+        click.echo(json.dumps([{"email": r.email, "schools": r.schools} for r in rows], indent=2))
+        return
+    for r in rows:
+        schools = ", ".join(f"{x['urn']} {x['name']}".strip() for x in r.schools)
+        click.echo(f"{r.email}\t{schools}")
+
+
+@contacts.command("import")
+@click.argument("csv_path", type=click.Path(path_type=Path, dir_okay=False))
+@click.pass_obj
+def contacts_import(c: Ctx, csv_path: Path) -> None:
+    """Import rows of email,school_urn[,school_name] from a CSV file."""
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        fail(f"cannot read {csv_path}: {exc.strerror}")
+    except UnicodeDecodeError:
+        fail(f"{csv_path} is not UTF-8 text")
+    try:
+        with session_scope(c.engine()) as s:
+            added, unchanged = contacts_mod.import_csv(s, text)
+    except contacts_mod.ContactError as exc:
+        fail(f"{csv_path}: {exc}; nothing imported")
+    click.echo(f"imported: {added} added, {unchanged} already approved")
+
+
+# ---- messages and referrals -----------------------------------------------------------------
+
+
+@cli.group()
+def messages() -> None:
+    """Inbound messages and their outcomes."""
+
+
+@messages.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def messages_list(c: Ctx, as_json: bool) -> None:
+    """Every inbound message with its outcome."""
+    with Session(c.engine()) as s:
+        rows = queries.message_dicts(s)
+    if as_json:
+        keys = ("message_id", "sender", "received_at", "outcome", "forms")
+        click.echo(json.dumps([{k: r[k] for k in keys} for r in rows], indent=2))
+        return
+    for r in rows:
+        refs = ", ".join(f"{f['result']} {f['reference'] or ''}".strip() for f in r["forms"])
+        click.echo(
+            f"#{r['id']}\t{r['received_at'][:19]}\t{r['sender'] or '-'}\t"
+            f"{r['outcome'] or r['state']}\t{refs}"
+        )
+
+
+@cli.group()
+def referrals() -> None:
+    """The referral records."""
+
+
+@referrals.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def referrals_list(c: Ctx, as_json: bool) -> None:
+    """Every referral."""
+    with Session(c.engine()) as s:
+        rows = queries.referral_dicts(s)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        sib = f"\tsibling of {r['sibling_of']}" if r["sibling_of"] else ""
+        click.echo(
+            f"{r['reference']}\t{r['status']}\t{r['school_urn']}\t{r['reason']}"
+            f"{' SAFEGUARDING' if r['safeguarding_alert'] else ''}{sib}"
+        )
+
+
+@referrals.command("show")
+@click.argument("reference")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def referrals_show(c: Ctx, reference: str, as_json: bool) -> None:
+    """One referral, every field."""
+    with Session(c.engine()) as s:
+        r = queries.find_referral(s, reference)
+        if r is None:
+            fail(f"no referral {reference.strip().upper()}")
+        data = queries.referral_dict(r)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    schema = default_schema()
+    for key in ("reference", "status", "source_message_id", "sibling_of", "created_at"):
+        click.echo(f"{key}: {data[key] if data[key] is not None else ''}")
+    for section in schema.sections:
+        click.echo(f"\n{section.id}. {section.title}")
+        for f in schema.in_section(section.id):
+            value = data.get(f.id)
+            shown = "" if value is None else ("yes" if value is True else "no" if value is False
+                                              else str(value))  # fmt: skip
+            click.echo(f"  {f.label}: {shown}")
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except ConfigError as exc:
+        fail(str(exc))
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""The approved-sender list: addresses, each tied to one or more schools by URN."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+
+from sqlmodel import Session, col, select
+
+from cme_mailbot.models import ApprovedContact, AuditEvent, ContactSchool, School
+
+URN_RE = re.compile(r"^\d{6}$")
+EMAIL_RE = re.compile(r"^[^@\s<>\"]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+
+
+class ContactError(ValueError):
+    """Bad input for the approved-sender list; one line, naming the problem."""
+
+
+@dataclass(frozen=True)
+class ContactView:
+    email: str
+    schools: list[dict[str, str]]
+
+
+def normalise_email(address: str) -> str:
+    address = address.strip().lower()
+    if not EMAIL_RE.match(address):
+        raise ContactError(f"not an email address: {address!r}")
+    return address
+
+
+def normalise_urn(urn: str) -> str:
+    urn = urn.strip()
+    if not URN_RE.match(urn):
+        raise ContactError(f"a school URN is 6 digits, not {urn!r}")
+    return urn
+
+
+def schools_of(session: Session, address: str) -> frozenset[str]:
+    """The URNs an address may refer for; empty when it is not approved."""
+    rows = session.exec(
+        select(ContactSchool.school_urn)
+        .join(ApprovedContact, col(ApprovedContact.id) == col(ContactSchool.contact_id))
+        .where(ApprovedContact.email == address.strip().lower())
+    ).all()
+    return frozenset(rows)
+
+
+def add_contact(
+    session: Session, email: str, urn: str, school_name: str | None = None, actor: str = "cli"
+) -> bool:
+    """Approve `email` for school `urn`. False when it already was."""
+    email, urn = normalise_email(email), normalise_urn(urn)
+    school = session.get(School, urn)
+    if school is None:
+        session.add(School(urn=urn, name=school_name or ""))
+    elif school_name and school.name != school_name:
+        school.name = school_name
+        session.add(school)
+    contact = session.exec(select(ApprovedContact).where(ApprovedContact.email == email)).first()
+    if contact is None:
+        contact = ApprovedContact(email=email)
+        session.add(contact)
+        session.flush()
+    assert contact.id is not None
+    if session.get(ContactSchool, (contact.id, urn)) is not None:
+        return False
+    session.add(ContactSchool(contact_id=contact.id, school_urn=urn))
+    session.add(AuditEvent(actor=actor, action="contact.add", target=email, detail=f"URN {urn}"))
+    return True
+
+
+def remove_contact(session: Session, email: str, actor: str = "cli") -> bool:
+    email = normalise_email(email)
+    contact = session.exec(select(ApprovedContact).where(ApprovedContact.email == email)).first()
+    if contact is None:
+        return False
+    for link in session.exec(
+        select(ContactSchool).where(ContactSchool.contact_id == contact.id)
+    ).all():
+        session.delete(link)
+    session.delete(contact)
+    session.add(AuditEvent(actor=actor, action="contact.remove", target=email))
+    return True
+
+
+def list_contacts(session: Session) -> list[ContactView]:
+    out: list[ContactView] = []
+    for contact in session.exec(select(ApprovedContact).order_by(col(ApprovedContact.email))):
+        rows = session.exec(
+            select(School)
+            .join(ContactSchool, col(ContactSchool.school_urn) == col(School.urn))
+            .where(ContactSchool.contact_id == contact.id)
+            .order_by(col(School.urn))
+        ).all()
+        out.append(ContactView(contact.email, [{"urn": s.urn, "name": s.name} for s in rows]))
+    return out
+
+
+def import_csv(session: Session, text: str, actor: str = "cli") -> tuple[int, int]:
+    """Rows of email, school_urn[, school_name] (header optional). Returns (added, unchanged).
+
+    The whole file is checked first: one bad row and nothing is imported.
+    """
+    rows = [r for r in csv.reader(io.StringIO(text)) if any(c.strip() for c in r)]
+    if rows and rows[0] and rows[0][0].strip().lower() in ("email", "address", "email address"):
+        rows = rows[1:]
+    parsed: list[tuple[str, str, str | None]] = []
+    for n, row in enumerate(rows, start=1):
+        if len(row) < 2:
+            raise ContactError(f"row {n}: needs email and school_urn")
+        try:
+            parsed.append(
+                (
+                    normalise_email(row[0]),
+                    normalise_urn(row[1]),
+                    row[2].strip() if len(row) > 2 and row[2].strip() else None,
+                )
+            )
+        except ContactError as exc:
+            raise ContactError(f"row {n}: {exc}") from None
+    added = sum(add_contact(session, e, u, n, actor=actor) for e, u, n in parsed)
+    return added, len(parsed) - added

@@ -1,0 +1,631 @@
+"""Runs the stages for each inbound message and contains any failure to that one message.
+
+fetch -> claim (ledger row + original bytes) -> parse -> automatic? -> genuine sender? ->
+approved? -> extract forms -> [one transaction: validate, store, compose replies] -> file the
+message -> send the replies. The ledger row moves forward one committed step at a time
+(claimed -> decided -> filed), so a crash at any point resumes without losing or doubling work.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import socket
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from sqlalchemy import func, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from cme_mailbot import forms as forms_pkg
+from cme_mailbot.config import Settings
+from cme_mailbot.contacts import schools_of
+from cme_mailbot.db import session_scope
+from cme_mailbot.mailbox import Mailbox, MailboxError, MailboxMessage
+from cme_mailbot.models import (
+    InboundMessage,
+    MessageBlob,
+    MessageState,
+    OutboundEmail,
+    OutboundState,
+    Outcome,
+    PollerStatus,
+    utcnow,
+)
+from cme_mailbot.redact import forget_sensitive, remember_sensitive
+from cme_mailbot.references import ensure_counter
+from cme_mailbot.render import Renderer, Threading
+from cme_mailbot.schema import FormSchema, default_schema
+from cme_mailbot.stages.automatic import automatic_reason
+from cme_mailbot.stages.decide import (
+    Composer,
+    decide_forms,
+    outcome_template,
+    reply_forms_context,
+    reply_subject_base,
+    safe_subject,
+)
+from cme_mailbot.stages.extract import FormReader, extract_forms
+from cme_mailbot.stages.parse import (
+    ParsedMessage,
+    ParseError,
+    first_address,
+    normalise_message_id,
+    parse_message,
+    read_headers,
+)
+from cme_mailbot.stages.sender import authenticate
+from cme_mailbot.transport import PermanentFailure, TemporaryFailure, Transport
+from cme_mailbot.validation import RuleBook, default_rulebook
+
+log = structlog.get_logger("cme_mailbot.pipeline")
+
+
+@dataclass
+class PollSummary:
+    new: int = 0
+    done: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    replies_sent: int = 0
+    replies_waiting: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        parts = ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items())) or "nothing new"
+        return (
+            f"{self.new} new, {self.done} done ({parts}); replies sent {self.replies_sent}, "
+            f"waiting {self.replies_waiting}"
+        )
+
+
+@dataclass
+class _Verdict:
+    """What the stages before the decision transaction concluded."""
+
+    outcome: Outcome
+    detail: str
+    parsed: ParsedMessage | None = None
+    reply_to: str | None = None  # the authenticated From address, when a reply may be sent
+    sender_urns: frozenset[str] = frozenset()
+    forms: list[forms_pkg.ExtractedForm] = field(default_factory=list)
+
+
+class StageError(Exception):
+    def __init__(self, stage: str, exc: BaseException):
+        super().__init__(f"{stage} failed: {type(exc).__name__}")
+        self.stage = stage
+
+
+def _digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _folder_for(settings: Settings, outcome: Outcome) -> str:
+    mb = settings.mailbox
+    if outcome is Outcome.PROCESSED:
+        return mb.processed_folder
+    if outcome in (Outcome.UNAUTHENTICATED_SENDER, Outcome.QUARANTINED):
+        return mb.quarantine_folder
+    return mb.rejected_folder
+
+
+class Pipeline:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        mailbox: Mailbox,
+        transport: Transport,
+        *,
+        rulebook: RuleBook | None = None,
+        renderer: Renderer | None = None,
+        schema: FormSchema | None = None,
+        form_reader: FormReader | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+        instance: str | None = None,
+    ):
+        self.engine = engine
+        self.settings = settings
+        self.mailbox = mailbox
+        self.transport = transport
+        self.rulebook = rulebook or default_rulebook()
+        self.renderer = renderer or Renderer()
+        self.schema = schema or default_schema()
+        self.read_form: FormReader = form_reader or forms_pkg.read_form
+        self.clock = clock
+        self.instance = instance or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.composer = Composer(settings, self.renderer)
+        self.stop_requested = threading.Event()
+        self._lease = dt.timedelta(seconds=settings.poller.lease_seconds)
+
+    # ---- one pass ------------------------------------------------------------------------
+
+    def poll_once(self, progress: Callable[[str], None] | None = None) -> PollSummary:
+        summary = PollSummary()
+        try:
+            self.refile_decided()
+            known = self._known_locations()
+            for mm in self.mailbox.fetch_new(known):
+                if self.stop_requested.is_set():
+                    break
+                summary.new += 1
+                outcome = self.handle(mm)
+                if outcome is not None:
+                    summary.done += 1
+                    summary.outcomes[outcome.value] += 1
+                    if progress:
+                        progress(f"message {summary.done}: {outcome.value}")
+            self._record_poll(error=None)
+        except MailboxError as exc:
+            summary.errors.append(str(exc))
+            log.error("mailbox_error", error=str(exc))
+            self._record_poll(error=str(exc))
+        sent, waiting = self.drain_outbox()
+        summary.replies_sent, summary.replies_waiting = sent, waiting
+        return summary
+
+    def _known_locations(self) -> frozenset[str]:
+        """Locations in the watched folder that another pass need not download again."""
+        now = self.clock()
+        with Session(self.engine) as s:
+            rows = s.exec(
+                select(InboundMessage.location, InboundMessage.state, InboundMessage.lease_until)
+                .where(InboundMessage.account == self.mailbox.account)
+                .where(InboundMessage.folder == self.mailbox.folder)
+                .where(InboundMessage.state != MessageState.FILED)
+            ).all()
+        return frozenset(
+            loc
+            for loc, state, lease in rows
+            if state == MessageState.DECIDED or (lease is not None and lease > now)
+        )
+
+    def _record_poll(self, error: str | None) -> None:
+        now = self.clock()
+        try:
+            with session_scope(self.engine) as s:
+                row = s.get(PollerStatus, self.mailbox.account) or PollerStatus(
+                    account=self.mailbox.account
+                )
+                if error is None:
+                    row.last_success_at = now
+                else:
+                    row.last_error_at, row.last_error = now, error[:500]
+                s.add(row)
+        except IntegrityError:
+            pass  # another instance wrote it at the same moment
+
+    # ---- one message ---------------------------------------------------------------------
+
+    def handle(self, mm: MailboxMessage) -> Outcome | None:
+        """Take one message from the mailbox to a committed, filed outcome. Never raises for
+        anything the message contains; returns None when the message is not ours to handle now
+        (another instance holds it)."""
+        bound = structlog.contextvars.bound_contextvars
+        forget_sensitive()
+        row_id = self._claim(mm)
+        if row_id is None:
+            return None
+        with bound(ledger_id=row_id):
+            try:
+                return self._process_claimed(row_id, mm.raw)
+            finally:
+                forget_sensitive()
+
+    def _claim(self, mm: MailboxMessage) -> int | None:
+        now = self.clock()
+        if mm.raw is None:
+            sha, message_id, sender = "", None, None
+            dedupe = f"oversize:{self.mailbox.account}:{self.mailbox.folder}:{mm.location}"
+        else:
+            sha = _digest(mm.raw)
+            headers = read_headers(mm.raw)
+            message_id = normalise_message_id(headers.get("Message-ID"))
+            from_header = " ".join(str(v) for v in headers.get_all("From", []))
+            sender = first_address(from_header)
+            dedupe = f"mid:{message_id} from:{sender}" if message_id else f"sha256:{sha}"
+        try:
+            with session_scope(self.engine) as s:
+                row = InboundMessage(
+                    account=self.mailbox.account,
+                    folder=self.mailbox.folder,
+                    location=mm.location,
+                    dedupe_key=dedupe[:900],
+                    message_id=message_id[:900] if message_id else None,
+                    sha256=sha,
+                    size=mm.size,
+                    sender=sender,
+                    received_at=now,
+                    state=MessageState.CLAIMED,
+                    attempts=1,
+                    claimed_by=self.instance,
+                    lease_until=now + self._lease,
+                )
+                s.add(row)
+                s.flush()
+                assert row.id is not None
+                if mm.raw is not None:
+                    s.add(MessageBlob(inbound_id=row.id, raw=mm.raw))
+                return row.id
+        except IntegrityError:
+            return self._claim_existing(mm, dedupe)
+
+    def _claim_existing(self, mm: MailboxMessage, dedupe: str) -> int | None:
+        now = self.clock()
+        with Session(self.engine) as s:
+            same_place = s.exec(
+                select(InboundMessage)
+                .where(InboundMessage.account == self.mailbox.account)
+                .where(InboundMessage.folder == self.mailbox.folder)
+                .where(InboundMessage.location == mm.location)
+            ).first()
+            original = same_place or s.exec(
+                select(InboundMessage).where(InboundMessage.dedupe_key == dedupe[:900])
+            ).first()
+        if original is None:
+            return None  # lost a race with a row that has since gone: next pass sees it
+        assert original.id is not None
+        if original.state != MessageState.CLAIMED:
+            # Decided already: this is the same message again (a re-delivered copy, or our own
+            # copy whose filing did not finish). File it where the original went; no reply.
+            assert original.outcome is not None
+            folder = original.filed_folder or _folder_for(self.settings, original.outcome)
+            with structlog.contextvars.bound_contextvars(ledger_id=original.id):
+                log.info("already_handled", copy=same_place is None, folder=folder)
+                self._file(original.id, mm.location, folder, mark=same_place is not None)
+            return None
+        if same_place is None:
+            return None  # a copy of a message another instance is deciding: next pass
+        # Same place, still claimed: take it over only if the holder's lease has run out.
+        with session_scope(self.engine) as s:
+            taken = s.execute(
+                update(InboundMessage)
+                .where(col(InboundMessage.id) == original.id)
+                .where(col(InboundMessage.state) == MessageState.CLAIMED)
+                .where(col(InboundMessage.lease_until) < now)
+                .values(
+                    claimed_by=self.instance,
+                    lease_until=now + self._lease,
+                    attempts=InboundMessage.attempts + 1,
+                )
+            )
+        return original.id if taken.rowcount == 1 else None  # type: ignore[attr-defined]
+
+    def _process_claimed(self, row_id: int, raw: bytes | None) -> Outcome | None:
+        with Session(self.engine) as s:
+            row = s.get(InboundMessage, row_id)
+            assert row is not None
+            attempts, location = row.attempts, row.location
+            if raw is None and row.size <= self.settings.mailbox.max_message_bytes:
+                blob = s.get(MessageBlob, row_id)
+                raw = blob.raw if blob else None
+        if attempts > self.settings.poller.max_attempts:
+            verdict = _Verdict(
+                Outcome.QUARANTINED, f"processing did not finish after {attempts - 1} attempts"
+            )
+        elif raw is None:
+            verdict = _Verdict(Outcome.QUARANTINED, "message larger than the configured limit")
+        else:
+            verdict = self._judge(raw)
+        decided = self._commit_decision(row_id, verdict)
+        if decided is None:
+            return None
+        log.info("decided", outcome=verdict.outcome.value, detail=verdict.detail)
+        self._file(row_id, location, _folder_for(self.settings, verdict.outcome), mark=True)
+        self.drain_outbox(inbound_id=row_id)
+        return verdict.outcome
+
+    # ---- the stages before the decision --------------------------------------------------
+
+    def _judge(self, raw: bytes) -> _Verdict:
+        try:
+            return self._stages(raw)
+        except StageError as exc:
+            log.error("stage_failed", stage=exc.stage, error=str(exc))
+            return self._quarantine_verdict(raw, str(exc))
+
+    def _stage(self, name: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as exc:  # contain the failure to this message
+            raise StageError(name, exc) from exc
+
+    def _stages(self, raw: bytes) -> _Verdict:
+        try:
+            parsed: ParsedMessage = self._stage("parse", lambda: parse_message(raw))
+        except StageError as exc:
+            if isinstance(exc.__cause__, ParseError):
+                return self._quarantine_verdict(raw, str(exc.__cause__))
+            raise
+        own = frozenset({self.settings.outbound.from_address.lower()})
+        reason = self._stage("automatic", lambda: automatic_reason(parsed, own))
+        if reason:
+            return _Verdict(Outcome.AUTO_REPLY_IGNORED, reason, parsed)
+        verdict = self._stage("sender", lambda: authenticate(parsed, self.settings.sender_auth))
+        if not verdict.genuine:
+            return _Verdict(Outcome.UNAUTHENTICATED_SENDER, verdict.why, parsed)
+        sender = parsed.sender
+        assert sender is not None
+        urns = self._stage("approved", lambda: self._schools(sender))
+        if not urns:
+            return _Verdict(Outcome.UNAPPROVED_SENDER, "not on the approved list", parsed, sender)
+        extraction = self._stage(
+            "extract", lambda: extract_forms(parsed.attachments, self.read_form)
+        )
+        for form in extraction.forms:
+            remember_sensitive(
+                v for k, v in form.fields.items() if k in self.schema.personal_ids
+            )
+        if extraction.unreadable:
+            detail = "; ".join(extraction.unreadable)
+            return _Verdict(Outcome.QUARANTINED, detail, parsed, sender, urns)
+        if not extraction.forms:
+            return _Verdict(Outcome.NO_FORM, "no referral form attached", parsed, sender, urns)
+        return _Verdict(
+            Outcome.PROCESSED, f"{len(extraction.forms)} form(s)", parsed, sender, urns,
+            extraction.forms,
+        )  # fmt: skip
+
+    def _schools(self, sender: str) -> frozenset[str]:
+        with Session(self.engine) as s:
+            return schools_of(s, sender)
+
+    def _quarantine_verdict(self, raw: bytes, detail: str) -> _Verdict:
+        """Quarantine; acknowledge only to a sender shown genuine and approved."""
+        reply_to: str | None = None
+        parsed: ParsedMessage | None = None
+        try:
+            headers = read_headers(raw)
+            parsed = ParsedMessage(
+                headers=headers,
+                message_id=normalise_message_id(headers.get("Message-ID")),
+                from_addresses=[
+                    a for a in [first_address(" ".join(map(str, headers.get_all("From", []))))] if a
+                ],
+                subject=" ".join(str(headers.get("Subject", "")).split()),
+                references=[],
+            )
+            own = frozenset({self.settings.outbound.from_address.lower()})
+            if (
+                automatic_reason(parsed, own) is None
+                and authenticate(parsed, self.settings.sender_auth).genuine
+                and parsed.sender
+                and self._schools(parsed.sender)
+            ):
+                reply_to = parsed.sender
+        except Exception as exc:  # even the headers are hostile: no acknowledgement
+            log.warning("quarantine_headers_unreadable", error=type(exc).__name__)
+        return _Verdict(Outcome.QUARANTINED, detail, parsed, reply_to)
+
+    # ---- the decision transaction --------------------------------------------------------
+
+    def _commit_decision(self, row_id: int, verdict: _Verdict) -> bool | None:
+        today = self.clock().date()
+        ensure_counter(self.engine, today.year)
+        try:
+            return self._write_decision(row_id, verdict, today)
+        except _LostClaim:
+            log.warning("claim_lost")
+            return None
+        except Exception as exc:
+            if verdict.outcome is Outcome.QUARANTINED:
+                raise  # nothing simpler left to write: let the lease expire and retry
+            log.error("decide_failed", error=type(exc).__name__)
+            fallback = _Verdict(
+                Outcome.QUARANTINED,
+                f"decide failed: {type(exc).__name__}",
+                verdict.parsed,
+                verdict.reply_to,
+            )
+            return self._write_decision(row_id, fallback, today)
+
+    def _write_decision(self, row_id: int, verdict: _Verdict, today: dt.date) -> bool:
+        now = self.clock()
+        with session_scope(self.engine) as s:
+            moved = s.execute(
+                update(InboundMessage)
+                .where(col(InboundMessage.id) == row_id)
+                .where(col(InboundMessage.state) == MessageState.CLAIMED)
+                .where(col(InboundMessage.claimed_by) == self.instance)
+                .values(
+                    state=MessageState.DECIDED,
+                    outcome=verdict.outcome,
+                    detail=verdict.detail[:1000],
+                    decided_at=now,
+                    subject=(verdict.parsed.subject[:998] if verdict.parsed else None),
+                    lease_until=None,
+                )
+            )
+            if moved.rowcount != 1:  # type: ignore[attr-defined]
+                raise _LostClaim
+            parsed = verdict.parsed
+            context: dict[str, Any] = {"outcome": verdict.outcome.value}
+            if verdict.outcome is Outcome.PROCESSED:
+                assert parsed is not None
+                outcomes = decide_forms(
+                    s,
+                    inbound_id=row_id,
+                    source_message_id=parsed.message_id,
+                    forms=verdict.forms,
+                    sender_urns=verdict.sender_urns,
+                    rulebook=self.rulebook,
+                    settings=self.settings,
+                    today=today,
+                )
+                context["forms"] = reply_forms_context(outcomes)
+                context["any_safeguarding"] = any(o.result.safeguarding_alert for o in outcomes)
+                self._safeguarding_alerts(s, row_id, outcomes)
+            template = outcome_template(verdict.outcome)
+            if template and verdict.reply_to and parsed is not None:
+                if self._reply_allowed(s, verdict.reply_to, now):
+                    subject = safe_subject(parsed.subject, verdict.forms, self.schema)
+                    context["subject"] = reply_subject_base(subject)
+                    email = self.composer.outbound(
+                        template,
+                        context,
+                        [verdict.reply_to],
+                        "reply",
+                        row_id,
+                        Threading(parsed.message_id, parsed.references),
+                    )
+                    s.add(email)
+                else:
+                    log.warning("reply_rate_limited")
+        return True
+
+    def _safeguarding_alerts(self, s: Session, row_id: int, outcomes: list[Any]) -> None:
+        alerts = [o for o in outcomes if o.result.safeguarding_alert]
+        if not alerts:
+            return
+        to = list(self.settings.safeguarding.alert_to)
+        if not to:
+            log.error("safeguarding_alert_not_configured")
+            return
+        context = {
+            "alerts": [
+                {
+                    "reference": o.reference,
+                    "result": o.kind.value,
+                    "school_name": o.result.values.get("school_name", ""),
+                    "school_urn": o.result.values.get("school_urn", ""),
+                    "referrer_name": o.result.values.get("referrer_name", ""),
+                    "referrer_phone": o.result.values.get("referrer_phone", ""),
+                    "referrer_email": o.result.values.get("referrer_email", ""),
+                    "ledger_id": row_id,
+                }
+                for o in alerts
+            ]
+        }
+        s.add(self.composer.outbound("safeguarding_alert", context, to, "safeguarding_alert",
+                                     row_id, None))  # fmt: skip
+        log.warning("safeguarding_alert_queued", count=len(alerts))
+
+    def _reply_allowed(self, s: Session, to: str, now: dt.datetime) -> bool:
+        """A per-sender cap on replies per hour, so two robots can never ping-pong."""
+        since = now - dt.timedelta(hours=1)
+        recent = s.exec(
+            select(func.count())
+            .select_from(OutboundEmail)
+            .where(OutboundEmail.kind == "reply")
+            .where(col(OutboundEmail.created_at) >= since)
+            .where(OutboundEmail.reply_to == to)
+        ).one()
+        return int(recent) < self.settings.poller.replies_per_sender_per_hour
+
+    # ---- filing ---------------------------------------------------------------------------
+
+    def _file(self, row_id: int, location: str, folder: str, *, mark: bool) -> None:
+        try:
+            self.mailbox.file(location, folder)
+        except MailboxError as exc:
+            log.warning("file_failed", error=str(exc))
+            return  # still DECIDED: the next pass files it
+        if mark:
+            with session_scope(self.engine) as s:
+                s.execute(
+                    update(InboundMessage)
+                    .where(col(InboundMessage.id) == row_id)
+                    .values(state=MessageState.FILED, filed_at=self.clock(), filed_folder=folder)
+                )
+
+    def refile_decided(self) -> None:
+        with Session(self.engine) as s:
+            rows = s.exec(
+                select(InboundMessage)
+                .where(InboundMessage.account == self.mailbox.account)
+                .where(InboundMessage.folder == self.mailbox.folder)
+                .where(InboundMessage.state == MessageState.DECIDED)
+            ).all()
+        for row in rows:
+            assert row.id is not None and row.outcome is not None
+            self._file(row.id, row.location, _folder_for(self.settings, row.outcome), mark=True)
+
+    # ---- sending (the transactional outbox) ------------------------------------------------
+
+    def drain_outbox(self, inbound_id: int | None = None) -> tuple[int, int]:
+        """Send what is due. Returns (sent now, still waiting)."""
+        sent = 0
+        for email_id in self._due(inbound_id):
+            if self._send_one(email_id):
+                sent += 1
+        with Session(self.engine) as s:
+            waiting = s.exec(
+                select(func.count())
+                .select_from(OutboundEmail)
+                .where(OutboundEmail.state == OutboundState.PENDING)
+            ).one()
+        return sent, int(waiting)
+
+    def _due(self, inbound_id: int | None) -> Iterator[int]:
+        now = self.clock()
+        with Session(self.engine) as s:
+            q = (
+                select(OutboundEmail.id)
+                .where(OutboundEmail.state == OutboundState.PENDING)
+                .where(col(OutboundEmail.next_attempt_at) <= now)
+                .order_by(col(OutboundEmail.id))
+            )
+            if inbound_id is not None:
+                q = q.where(OutboundEmail.inbound_id == inbound_id)
+            ids = [i for i in s.exec(q).all() if i is not None]
+        yield from ids
+
+    def _send_one(self, email_id: int) -> bool:
+        now = self.clock()
+        # Claim it by pushing its next attempt past a lease: a second instance skips it.
+        with session_scope(self.engine) as s:
+            claimed = s.execute(
+                update(OutboundEmail)
+                .where(col(OutboundEmail.id) == email_id)
+                .where(col(OutboundEmail.state) == OutboundState.PENDING)
+                .where(col(OutboundEmail.next_attempt_at) <= now)
+                .values(
+                    next_attempt_at=now + self._lease, attempts=OutboundEmail.attempts + 1
+                )
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            email = s.get(OutboundEmail, email_id)
+            assert email is not None
+            raw, recipients, attempts = email.raw, list(email.recipients), email.attempts
+        sender = self.settings.outbound.from_address
+        state, error, retry_at = OutboundState.SENT, None, now
+        try:
+            refused = self.transport.send(raw, sender, recipients)
+            if refused:
+                error = f"{len(refused)} recipient(s) refused"
+        except TemporaryFailure as exc:
+            error = str(exc)[:500]
+            if attempts >= self.settings.outbound.max_attempts:
+                state = OutboundState.FAILED
+            else:
+                state = OutboundState.PENDING
+                retry_at = now + dt.timedelta(seconds=min(30 * 2 ** (attempts - 1), 3600))
+        except PermanentFailure as exc:
+            state, error = OutboundState.FAILED, str(exc)[:500]
+        with session_scope(self.engine) as s:
+            s.execute(
+                update(OutboundEmail)
+                .where(col(OutboundEmail.id) == email_id)
+                .values(
+                    state=state,
+                    last_error=error,
+                    next_attempt_at=retry_at,
+                    sent_at=self.clock() if state is OutboundState.SENT else None,
+                )
+            )
+        log.info("outbound", email_id=email_id, state=state.value, error=error)
+        return state is OutboundState.SENT
+
+
+class _LostClaim(Exception):
+    """Another instance took this message over (our lease ran out)."""
+

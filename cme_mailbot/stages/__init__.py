@@ -1,0 +1,1 @@
+"""The pipeline's stages, one module each, in order: parse, automatic, sender, extract, decide."""

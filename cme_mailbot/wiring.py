@@ -1,0 +1,44 @@
+"""Builds the real parts from settings: the database, the mailbox and the transport."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import Engine
+
+from cme_mailbot.config import Settings, secret
+from cme_mailbot.db import create_all, make_engine
+from cme_mailbot.mailbox import Mailbox
+from cme_mailbot.mailbox.maildir import MaildirMailbox
+from cme_mailbot.transport import Transport
+from cme_mailbot.transport.outbox import OutboxTransport
+from cme_mailbot.transport.smtp import SmtpTransport
+
+
+def open_database(settings: Settings) -> Engine:
+    engine = make_engine(settings.database.url)
+    create_all(engine)
+    return engine
+
+
+def open_mailbox(settings: Settings) -> Mailbox:
+    mb = settings.mailbox
+    if mb.backend == "maildir":
+        return MaildirMailbox(mb.path, mb.folder, mb.max_message_bytes)
+    from cme_mailbot.mailbox.imap import ImapMailbox
+
+    password = None if mb.auth == "oauth2" else secret(mb.password_env, "mailbox.password_env")
+    return ImapMailbox(mb, password)
+
+
+def open_transport(settings: Settings) -> Transport:
+    ob = settings.outbound
+    if ob.backend == "outbox":
+        return OutboxTransport(ob.path)
+    return SmtpTransport(
+        ob.host,
+        ob.port,
+        ob.security,
+        username=ob.username,
+        password=secret(ob.password_env, "outbound.password_env"),
+        timeout=ob.timeout_seconds,
+        ca_file=ob.ca_file,
+    )
