@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 import click
 import structlog
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlmodel import Session
 
 from cme_mailbot import contacts as contacts_mod
@@ -142,7 +143,7 @@ def demo(directory: Path) -> None:
     """The whole flow on the embedded defaults in a scratch folder; no servers needed."""
     from cme_mailbot.demo import run_demo
 
-    configure_logging("console", "warning")
+    configure_logging("console", "error")
     run_demo(directory, echo=click.echo)
 
 
@@ -321,6 +322,11 @@ def main() -> None:
         sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
     except ConfigError as exc:
         fail(str(exc))
+    except SQLAlchemyError as exc:
+        # Never a traceback (it could echo row values); the class and the first line suffice.
+        first = str(exc.orig if isinstance(exc, DBAPIError) else exc).splitlines()[0][:200]
+        click.echo(f"cme-mailbot: database error: {type(exc).__name__}: {first}", err=True)
+        sys.exit(1)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
 

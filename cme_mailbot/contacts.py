@@ -82,6 +82,7 @@ def remove_contact(session: Session, email: str, actor: str = "cli") -> bool:
         select(ContactSchool).where(ContactSchool.contact_id == contact.id)
     ).all():
         session.delete(link)
+    session.flush()  # the links go before the contact they point at
     session.delete(contact)
     session.add(AuditEvent(actor=actor, action="contact.remove", target=email))
     return True

@@ -13,6 +13,7 @@ from sqlmodel import Session
 
 from cme_mailbot import queries
 from cme_mailbot.config import (
+    CouncilSettings,
     DatabaseSettings,
     MailboxSettings,
     OutboundSettings,
@@ -49,6 +50,7 @@ def demo_settings(directory: Path) -> Settings:
         ),
         # The embedded demo has no border MTA stamping Authentication-Results.
         sender_auth=SenderAuthSettings(require=False),
+        council=CouncilSettings(name="Example Borough Council", team_phone="01582 555000"),
         safeguarding=SafeguardingSettings(
             alert_to=("cme-officer@council.example.gov.uk",),
             mash_phone="01582 547653",
@@ -141,7 +143,7 @@ def run_demo(directory: Path, echo: Callable[[str], None] = print) -> None:
     echo("")
     echo(f"summary: {summary.line()}")
     echo(f"replies and alerts written to {settings.outbound.path}/:")
-    for path in sorted(settings.outbound.path.glob("*.eml")):
+    for path in sorted(settings.outbound.path.glob("*.eml"), key=lambda p: p.stat().st_mtime_ns):
         msg = email.message_from_bytes(path.read_bytes(), policy=policy.default)
         echo(f"  {path.name}  to {msg['To']}: {msg['Subject']}")
     echo(f"\nmessages filed under {settings.mailbox.path}/ (.CME.Processed, .CME.Rejected, ...)")

@@ -145,11 +145,13 @@ class Pipeline:
         self.composer = Composer(settings, self.renderer)
         self.stop_requested = threading.Event()
         self._lease = dt.timedelta(seconds=settings.poller.lease_seconds)
+        self.sent_total = 0  # replies and alerts this pipeline has handed to the transport
 
     # ---- one pass ------------------------------------------------------------------------
 
     def poll_once(self, progress: Callable[[str], None] | None = None) -> PollSummary:
         summary = PollSummary()
+        sent_before = self.sent_total
         try:
             self.refile_decided()
             known = self._known_locations()
@@ -168,8 +170,8 @@ class Pipeline:
             summary.errors.append(str(exc))
             log.error("mailbox_error", error=str(exc))
             self._record_poll(error=str(exc))
-        sent, waiting = self.drain_outbox()
-        summary.replies_sent, summary.replies_waiting = sent, waiting
+        _sent, summary.replies_waiting = self.drain_outbox()
+        summary.replies_sent = self.sent_total - sent_before
         return summary
 
     def _known_locations(self) -> frozenset[str]:
@@ -623,6 +625,8 @@ class Pipeline:
                 )
             )
         log.info("outbound", email_id=email_id, state=state.value, error=error)
+        if state is OutboundState.SENT:
+            self.sent_total += 1
         return state is OutboundState.SENT
 
 

@@ -303,3 +303,22 @@ def test_message_ids_of_replies_are_unique_and_dated(deployment: Deployment,
     assert len(ids) == len(set(ids)) == 2
     for m in deployment.sent():
         assert email.utils.parsedate_to_datetime(m["Date"]) is not None
+
+
+@pytest.mark.parametrize(
+    ("subject", "expected"),
+    [
+        ("CME referral", "CME referral"),
+        ("CME Referral Form - Year 4", "CME Referral Form - Year 4"),
+        ("URGENT: CME REFERRAL", "URGENT: CME REFERRAL"),
+        ("CME referral Amy Smith", "your email"),
+        ("CME referral AMY SMITH", "your email"),
+        ("Referral for Amy Smith B801200005001", "your email"),
+        ("Referral B801200005001", "Referral [redacted]"),
+    ],
+)
+def test_reply_subject_never_echoes_a_name(subject: str, expected: str) -> None:
+    from cme_mailbot.schema import default_schema
+    from cme_mailbot.stages.decide import safe_subject
+
+    assert safe_subject(subject, [], default_schema()) == expected

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -77,19 +78,37 @@ def find_open_referral(session: Session, values: Mapping[str, object]) -> str | 
     return ref
 
 
+# Words a school's subject line may hold that are not a child's name.
+_SUBJECT_WORDS = frozenset(
+    """re fw fwd cme children child missing education referral referrals form forms new
+    urgent school academy primary secondary infant junior nursery college high the of for and
+    to from please find attached attachment siblings sibling pupil pupils year reception
+    update updated resend resent correction corrected amended copy ref reference confidential
+    official sensitive secure encrypted cm""".split()
+)
+_NAME_LIKE = re.compile(r"\b([A-Z][A-Za-z'’-]+)\s+(?=([A-Z][A-Za-z'’-]+)\b)")
+
+
 def safe_subject(subject: str, forms: Sequence[ExtractedForm], schema: FormSchema) -> str:
-    """The original subject with any child's name or UPN taken out, for our reply's subject."""
+    """The original subject with no child's name or UPN in it, for our reply's subject.
+
+    Known values from the forms are taken out; then, since a subject may name a child we could
+    not read (a damaged form, an unapproved sender), anything still shaped like a person's name
+    makes us drop the subject altogether for a neutral one.
+    """
     personal = {"child_first_name", "child_last_name", "child_other_names", "upn"}
     text = subject
     for form in forms:
         for fid in personal:
             value = form.fields.get(fid, "").strip()
             for token in [value, *value.split()]:
-                if len(token) >= 2 and token.lower() in text.lower():
-                    idx = text.lower().index(token.lower())
-                    text = text[:idx] + REDACTED + text[idx + len(token) :]
-    text = UPN_PATTERN.sub(REDACTED, text)
-    return " ".join(text.split())
+                if len(token) >= 2:
+                    text = re.sub(re.escape(token), REDACTED, text, flags=re.I)
+    text = " ".join(UPN_PATTERN.sub(REDACTED, text).split())
+    for match in _NAME_LIKE.finditer(text):
+        if not {w.lower() for w in match.groups()} <= _SUBJECT_WORDS:
+            return "your email"
+    return text
 
 
 def reply_subject_base(subject: str) -> str:
