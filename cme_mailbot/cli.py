@@ -6,10 +6,8 @@ Bad input (arguments or configuration) is a one-line error and exit status 2, ne
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import Any, NoReturn
 
 import click
@@ -96,35 +94,18 @@ def poll(c: Ctx, once: bool) -> None:
 @click.pass_obj
 def run(c: Ctx) -> None:
     """The scheduled poller, until SIGTERM/SIGINT (finishes the message in hand, exits 0)."""
-    from apscheduler.schedulers.blocking import BlockingScheduler
+    from cme_mailbot.poller import Poller
 
     pipeline = _pipeline(c)
-    scheduler = BlockingScheduler()
+    try:
+        Poller(pipeline, c.settings.poller.interval_seconds, echo=_stderr).run()
+    finally:
+        pipeline.mailbox.close()
+        pipeline.transport.close()
 
-    def tick() -> None:
-        summary = pipeline.poll_once()
-        if summary.new or summary.replies_sent:
-            log.info("poll", summary=summary.line())
 
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("stopping", signal=signal.Signals(signum).name)
-        pipeline.stop_requested.set()
-        scheduler.shutdown(wait=False)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    scheduler.add_job(
-        tick,
-        "interval",
-        seconds=c.settings.poller.interval_seconds,
-        max_instances=1,
-        coalesce=True,
-        next_run_time=__import__("datetime").datetime.now(),
-    )
-    log.info("running", interval=c.settings.poller.interval_seconds)
-    scheduler.start()
-    pipeline.mailbox.close()
-    pipeline.transport.close()
+def _stderr(line: str) -> None:
+    click.echo(line, err=True)
 
 
 # ---- demo and forms -------------------------------------------------------------------------

@@ -82,7 +82,14 @@ class MaildirMailbox:
         target.add(raw)
 
     def wait_for_new(self, timeout: float) -> bool:
-        time.sleep(timeout)
+        """Watch the folder's new/ directory: a delivery changes it."""
+        new_dir = Path(self._watched._path) / "new"
+        deadline = time.monotonic() + timeout
+        before = new_dir.stat().st_mtime_ns
+        while time.monotonic() < deadline:
+            if new_dir.stat().st_mtime_ns != before:
+                return True
+            time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
         return False
 
     def close(self) -> None:

@@ -1,0 +1,112 @@
+"""`cme-mailbot run`: the long-running poller.
+
+APScheduler fires a cycle every `poller.interval_seconds` (`max_instances=1`, `coalesce=True`, so
+cycles never overlap or pile up). A cycle polls, then waits for new mail until its tick is over:
+with IMAP IDLE (renewed every few seconds, well inside the 10-minute limit) a referral appended
+in the meantime is handled at once; without IDLE the next tick finds it. A mailbox failure backs
+off exponentially, capped, and the next attempt reconnects from scratch. SIGTERM or SIGINT lets
+the message in hand finish, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+import structlog
+from apscheduler.schedulers.blocking import BlockingScheduler
+
+from cme_mailbot.mailbox import MailboxError
+from cme_mailbot.pipeline import Pipeline, PollSummary
+
+log = structlog.get_logger("cme_mailbot.poller")
+
+WAIT_SLICE_SECONDS = 5.0  # one IDLE round: bounds how long a stop request waits
+MAX_BACKOFF_SECONDS = 300.0
+
+
+class Poller:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        interval_seconds: float,
+        echo: Callable[[str], None] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ):
+        self.pipeline = pipeline
+        self.interval = interval_seconds
+        self.echo = echo
+        self.monotonic = monotonic
+        self.stop = threading.Event()
+        self.failures = 0
+        self.retry_at = 0.0
+
+    def backoff(self) -> float:
+        return float(min(2 ** max(self.failures - 1, 0) * 2.0, MAX_BACKOFF_SECONDS))
+
+    def _poll(self) -> PollSummary:
+        summary = self.pipeline.poll_once()
+        if summary.errors:
+            self.failures += 1
+            self.retry_at = self.monotonic() + self.backoff()
+            log.warning("mailbox_unavailable", failures=self.failures, retry_in=self.backoff())
+        else:
+            self.failures = 0
+        if self.echo and (summary.new or summary.replies_sent or summary.errors):
+            self.echo(summary.line())
+        return summary
+
+    def cycle(self) -> None:
+        """One tick: poll, then wait for new mail (IDLE) until the tick is nearly over."""
+        start = self.monotonic()
+        deadline = start + max(self.interval - 1.0, 0.5)
+        if start < self.retry_at or self.stop.is_set():
+            return
+        if self._poll().errors:
+            return
+        while not self.stop.is_set():
+            remaining = deadline - self.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                arrived = self.pipeline.mailbox.wait_for_new(min(WAIT_SLICE_SECONDS, remaining))
+            except MailboxError as exc:
+                log.warning("wait_failed", error=str(exc))
+                self.failures += 1
+                self.retry_at = self.monotonic() + self.backoff()
+                return
+            if arrived and not self.stop.is_set():
+                if self._poll().errors:
+                    return
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        self.pipeline.stop_requested.set()
+
+    def run(self) -> None:
+        scheduler = BlockingScheduler()
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("stopping", signal=signal.Signals(signum).name)
+            self.request_stop()
+            # Waits for the cycle in hand: the current message finishes, then it returns.
+            scheduler.shutdown(wait=True)
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        scheduler.add_job(
+            self.cycle,
+            "interval",
+            seconds=self.interval,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            next_run_time=dt.datetime.now(dt.UTC),
+        )
+        log.info("running", interval=self.interval)
+        scheduler.start()
+        log.info("stopped")

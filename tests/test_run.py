@@ -1,0 +1,50 @@
+"""`cme-mailbot run`: answers new mail while idle; SIGTERM finishes the message in hand, exits 0."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from cme_mailbot.forms.fill import fill_pdf
+from cme_mailbot.samples import referral_email, referral_values
+
+from .conftest import Deployment
+
+
+def wait_for(predicate, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_run_answers_mail_that_arrives_while_idle_and_stops_on_sigterm(
+    deployment: Deployment, today: dt.date
+) -> None:
+    with deployment.config.open("a") as fh:
+        fh.write("\n[poller]\ninterval_seconds = 30\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cme_mailbot.cli", "--config", str(deployment.config), "run"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={k: v for k, v in os.environ.items() if k != "CME_MAILBOT_CONFIG"},
+    )  # fmt: skip
+    try:
+        time.sleep(2)  # let it reach its first wait
+        deployment.deliver(referral_email(attachments=[("f.pdf", fill_pdf(referral_values(today)))]))
+        # Well inside the 30 s tick: the wait for new mail woke the poller.
+        assert wait_for(lambda: len(deployment.sent()) == 1, timeout=20)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopping" in err
+    [message] = deployment.messages()
+    assert message["outcome"] == "processed"
