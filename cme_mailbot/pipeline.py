@@ -175,19 +175,22 @@ class Pipeline:
         return summary
 
     def _known_locations(self) -> frozenset[str]:
-        """Locations in the watched folder that another pass need not download again."""
+        """Locations in the watched folder that a pass need not download again.
+
+        Filed ones count too: on a server with neither MOVE nor UIDPLUS a filed original stays
+        behind flagged \\Deleted (we never EXPUNGE other UIDs), and must not come round again.
+        """
         now = self.clock()
         with Session(self.engine) as s:
             rows = s.exec(
                 select(InboundMessage.location, InboundMessage.state, InboundMessage.lease_until)
                 .where(InboundMessage.account == self.mailbox.account)
                 .where(InboundMessage.folder == self.mailbox.folder)
-                .where(InboundMessage.state != MessageState.FILED)
             ).all()
         return frozenset(
             loc
             for loc, state, lease in rows
-            if state == MessageState.DECIDED or (lease is not None and lease > now)
+            if state != MessageState.CLAIMED or (lease is not None and lease > now)
         )
 
     def _record_poll(self, error: str | None) -> None:

@@ -59,7 +59,7 @@ def test_valid_pdf_form_is_accepted_recorded_answered_and_filed(
 
     [reply] = deployment.sent()
     assert reply["To"] == SAMPLE_SENDER
-    assert reply["In-Reply-To"] == original_id
+    assert reply["In-Reply-To"].strip() == original_id
     assert original_id in reply["References"]
     assert reply["Auto-Submitted"] == "auto-replied"
     assert reply["X-Auto-Response-Suppress"] == "All"

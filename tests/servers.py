@@ -1,0 +1,675 @@
+"""Real servers for tests: a throw-away Dovecot IMAP server and an aiosmtpd SMTP sink.
+
+Both listen on a free 127.0.0.1 port, keep every file under the test's tmp directory and are
+stopped by the fixtures' finalizers. Use them from any test module with
+
+    pytest_plugins = ["tests.servers"]
+
+which provides the fixtures `dovecot_factory`, `dovecot`, `smtp_factory` and `smtp_server`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from imapclient import IMAPClient
+
+from cme_mailbot.config import MailboxSettings
+
+DOVECOT = os.environ.get("CME_TEST_DOVECOT", "/usr/sbin/dovecot")
+
+# Dovecot 2.3's post-login CAPABILITY list, from which start_dovecot() hides some on request.
+_DOVECOT_CAPABILITIES = (
+    "IMAP4rev1",
+    "SASL-IR",
+    "LOGIN-REFERRALS",
+    "ID",
+    "ENABLE",
+    "IDLE",
+    "SORT",
+    "SORT=DISPLAY",
+    "THREAD=REFERENCES",
+    "THREAD=REFS",
+    "THREAD=ORDEREDSUBJECT",
+    "MULTIAPPEND",
+    "URL-PARTIAL",
+    "CATENATE",
+    "UNSELECT",
+    "CHILDREN",
+    "NAMESPACE",
+    "UIDPLUS",
+    "LIST-EXTENDED",
+    "I18NLEVEL=1",
+    "CONDSTORE",
+    "QRESYNC",
+    "ESEARCH",
+    "ESORT",
+    "SEARCHRES",
+    "WITHIN",
+    "CONTEXT=SEARCH",
+    "LIST-STATUS",
+    "BINARY",
+    "MOVE",
+    "SNIPPET=FUZZY",
+    "PREVIEW=FUZZY",
+    "PREVIEW",
+    "STATUS=SIZE",
+    "SAVEDATE",
+    "LITERAL+",
+    "NOTIFY",
+)
+
+# Unix socket paths are limited to 108 bytes; Dovecot's longest under base_dir is ~25.
+_MAX_BASE_DIR = 80
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (bind to 0 and let the kernel choose)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(
+    port: int,
+    timeout: float = 10.0,
+    alive: Callable[[], bool] = lambda: True,
+    greeting: bytes | None = None,
+) -> None:
+    """Wait until 127.0.0.1:port accepts (and, if given, sends a line starting `greeting`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"server exited before listening on port {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as conn:
+                if greeting is None or conn.recv(256).startswith(greeting):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def dovecot_available() -> bool:
+    return os.access(DOVECOT, os.X_OK)
+
+
+def skip_without_dovecot() -> None:
+    if not dovecot_available():
+        pytest.skip(f"Dovecot not installed ({DOVECOT} missing): apt-get install dovecot-imapd")
+
+
+# --- TLS material -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """A throw-away CA and a server certificate for 127.0.0.1 and localhost, signed by it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        return _make_tls_files_cryptography(directory)
+    except ImportError:
+        return _make_tls_files_openssl(directory)
+
+
+def _make_tls_files_cryptography(directory: Path) -> TlsFiles:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cme-mailbot test CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    files.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return files
+
+
+def _make_tls_files_openssl(directory: Path) -> TlsFiles:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("neither the cryptography package nor the openssl CLI is available")
+    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    ca_key = directory / "ca.key"
+    csr = directory / "server.csr"
+    ext = directory / "server.ext"
+    ext.write_text(
+        "subjectAltName = DNS:localhost, IP:127.0.0.1\n"
+        "basicConstraints = critical, CA:FALSE\n"
+        "keyUsage = critical, digitalSignature, keyEncipherment\n"
+        "extendedKeyUsage = serverAuth\n"
+        "authorityKeyIdentifier = keyid\n"
+        "subjectKeyIdentifier = hash\n"
+    )
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, timeout=30)
+
+    run("req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(files.ca_file), "-days", "2",
+        "-subj", "/CN=cme-mailbot test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    run("req", *ec, "-keyout", str(files.key_file), "-out", str(csr), "-subj", "/CN=localhost")
+    run("x509", "-req", "-in", str(csr), "-CA", str(files.ca_file), "-CAkey", str(ca_key),
+        "-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-days", "2",
+        "-extfile", str(ext), "-out", str(files.cert_file))  # fmt: skip
+    return files
+
+
+# --- Dovecot ------------------------------------------------------------------------------------
+
+
+@dataclass
+class DovecotServer:
+    """A running Dovecot: `port` (plain, STARTTLS when TLS is on), `ssl_port` (implicit TLS)."""
+
+    root: Path
+    config: Path
+    port: int
+    ssl_port: int | None
+    users: dict[str, str]
+    separator: str
+    tls: TlsFiles | None
+    log_file: Path
+    _base_dir: Path
+    _own_base_dir: bool
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def ca_file(self) -> Path | None:
+        return self.tls.ca_file if self.tls else None
+
+    def maildir(self, user: str = "cme") -> Path:
+        """The user's Maildir on disk (for tests that look behind the server's back)."""
+        return self.root / "mail" / user / "Maildir"
+
+    def start(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        self._base_dir.mkdir(parents=True, exist_ok=True)
+        self._proc = subprocess.Popen(
+            [DOVECOT, "-F", "-c", str(self.config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=(self.root / "dovecot.stderr").open("ab"),
+            start_new_session=True,  # its own process group: stop() can reap the children too
+        )
+        proc = self._proc
+        try:
+            # The greeting comes once auth and the login process are fully up; stopping before
+            # that costs a 5 s handshake timeout inside Dovecot.
+            wait_for_port(self.port, alive=lambda: proc.poll() is None, greeting=b"* OK")
+            if self.ssl_port:
+                wait_for_port(self.ssl_port, alive=lambda: proc.poll() is None)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}\n--- dovecot log ---\n{self.log_tail()}") from None
+
+    def stop(self, *, graceful: bool = True) -> None:
+        """Stop Dovecot (SIGTERM: it logs out its clients; takes ~1 s), or kill it outright."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if not graceful:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        elif proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        # Dovecot's master stops its children on exit; make sure no stray one keeps the port.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port with the same mail (open sessions are cut)."""
+        self.stop()
+        self.start()
+
+    def cleanup(self) -> None:
+        """Kill the server and remove what lives outside the test's tmp dir (fixture teardown)."""
+        self.stop(graceful=False)
+        if self._own_base_dir:
+            shutil.rmtree(self._base_dir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 40) -> str:
+        parts = []
+        for f in (self.log_file, self.root / "dovecot.stderr"):
+            if f.exists():
+                parts.extend(f.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(parts)
+
+    def client(self, user: str = "cme", *, select: str | None = "INBOX") -> IMAPClient:
+        """A separate, logged-in plain connection: "another client" in tests."""
+        c = IMAPClient(self.host, port=self.port, ssl=False, timeout=10)
+        c.login(user, self.users[user])
+        if select:
+            c.select_folder(select)
+        return c
+
+    def settings(self, user: str = "cme", **overrides: Any) -> MailboxSettings:
+        """MailboxSettings for the imap backend pointing at this server (plain by default)."""
+        values: dict[str, Any] = {
+            "backend": "imap",
+            "host": self.host,
+            "port": self.port,
+            "security": "none",
+            "username": user,
+            "timeout_seconds": 10.0,
+        }
+        values.update(overrides)
+        return MailboxSettings(**values)
+
+
+def _dovecot_conf(
+    *,
+    root: Path,
+    base_dir: Path,
+    port: int,
+    ssl_port: int | None,
+    separator: str,
+    tls: TlsFiles | None,
+    capabilities: list[str] | None,
+    users: Iterable[str],
+) -> str:
+    mail_root = root / "mail"
+    layout = ":LAYOUT=fs" if separator == "/" else ""
+    if os.geteuid() == 0:
+        # Dovecot refuses to run login processes or mail access as root. Internal processes run
+        # as its own users; mail as `nobody`, chrooted into the user's directory (the chroot is
+        # entered as root, so the 0700 pytest tmp dirs above it need not be traversable).
+        internal = _existing_user("dovecot", "nobody")
+        login = _existing_user("dovenull", "nobody")
+        mail_user = pwd.getpwnam(_existing_user("nobody", "dovecot"))
+        for user in users:
+            home = mail_root / user
+            home.mkdir(parents=True, exist_ok=True)
+            os.chown(home, mail_user.pw_uid, mail_user.pw_gid)
+        identity = f"""
+default_internal_user = {internal}
+default_login_user = {login}
+first_valid_uid = {mail_user.pw_uid}
+first_valid_gid = {mail_user.pw_gid}
+valid_chroot_dirs = {mail_root}
+service auth {{
+  user = root
+}}
+"""
+        userdb_args = f"uid={mail_user.pw_uid} gid={mail_user.pw_gid} home={mail_root}/%u/./"
+    else:
+        # Rootless: everything runs as the current user, no chroots.
+        me = pwd.getpwuid(os.geteuid())
+        group = grp.getgrgid(me.pw_gid).gr_name
+        identity = f"""
+default_internal_user = {me.pw_name}
+default_internal_group = {group}
+default_login_user = {me.pw_name}
+first_valid_uid = {me.pw_uid}
+first_valid_gid = {me.pw_gid}
+service anvil {{
+  chroot =
+}}
+service imap-login {{
+  chroot =
+}}
+"""
+        userdb_args = f"uid={me.pw_uid} gid={me.pw_gid} home={mail_root}/%u"
+
+    if tls:
+        ssl_block = f"ssl = yes\nssl_cert = <{tls.cert_file}\nssl_key = <{tls.key_file}\n"
+    else:
+        ssl_block = "ssl = no\n"
+    capability_line = f"imap_capability = {' '.join(capabilities)}\n" if capabilities else ""
+    return f"""# Generated by tests/servers.py for one test; not a production config.
+base_dir = {base_dir}
+state_dir = {root / "state"}
+instance_name = cme-test-{port}
+listen = 127.0.0.1
+protocols = imap
+log_path = {root / "dovecot.log"}
+auth_mechanisms = plain login
+disable_plaintext_auth = no
+{ssl_block}{identity}
+mail_location = maildir:~/Maildir{layout}
+namespace inbox {{
+  inbox = yes
+  separator = {separator}
+  prefix =
+}}
+{capability_line}
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {root / "users"}
+}}
+userdb {{
+  driver = static
+  args = {userdb_args}
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {ssl_port or 0}
+  }}
+}}
+"""
+
+
+def _existing_user(*names: str) -> str:
+    for name in names:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return name
+    raise RuntimeError(f"none of the users {names} exists; cannot run Dovecot as root")
+
+
+def start_dovecot(
+    tmp_path: Path,
+    *,
+    separator: str = ".",
+    hide_move: bool = False,
+    hide_capabilities: Iterable[str] = (),
+    users: Mapping[str, str] | None = None,
+    ssl: bool = False,
+) -> DovecotServer:
+    """Write a self-contained dovecot.conf under `tmp_path` and start Dovecot in the foreground.
+
+    `separator` is the hierarchy delimiter ("/" also switches the Maildir to LAYOUT=fs);
+    `hide_move` / `hide_capabilities` take capabilities out of the post-login CAPABILITY list
+    (the commands still work: this simulates an older or different server to the client);
+    `ssl` turns on STARTTLS on `port` and implicit TLS on `ssl_port` with a throw-away CA.
+    """
+    skip_without_dovecot()
+    if separator not in (".", "/"):
+        raise ValueError("separator must be '.' or '/'")
+    users = dict(users or {"cme": "secret"})
+    root = tmp_path
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "state").mkdir(exist_ok=True)
+    (root / "users").write_text("".join(f"{u}:{{PLAIN}}{p}\n" for u, p in users.items()))
+
+    base_dir = root / "run"
+    own_base_dir = len(str(base_dir)) > _MAX_BASE_DIR
+    if own_base_dir:
+        base_dir = Path(tempfile.mkdtemp(prefix="cme-dovecot-"))
+
+    hidden = {c.upper() for c in hide_capabilities} | ({"MOVE"} if hide_move else set())
+    capabilities = [c for c in _DOVECOT_CAPABILITIES if c.upper() not in hidden] if hidden else None
+    tls = make_tls_files(root / "tls") if ssl else None
+    port = free_port()
+    ssl_port = free_port() if ssl else None
+    config = root / "dovecot.conf"
+    config.write_text(
+        _dovecot_conf(
+            root=root,
+            base_dir=base_dir,
+            port=port,
+            ssl_port=ssl_port,
+            separator=separator,
+            tls=tls,
+            capabilities=capabilities,
+            users=users,
+        )
+    )
+    server = DovecotServer(
+        root=root,
+        config=config,
+        port=port,
+        ssl_port=ssl_port,
+        users=users,
+        separator=separator,
+        tls=tls,
+        log_file=root / "dovecot.log",
+        _base_dir=base_dir,
+        _own_base_dir=own_base_dir,
+    )
+    try:
+        server.start()
+    except BaseException:
+        server.cleanup()
+        raise
+    return server
+
+
+# --- SMTP ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    data: bytes
+
+
+class _StoringHandler:
+    """aiosmtpd handler: keeps every accepted message, or answers with a configured reply."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.messages: list[ReceivedMessage] = []
+        self.reply: str | None = None  # e.g. "451 4.3.0 try later"; None accepts
+        self.reply_at = "data"  # or "rcpt": refuse each recipient instead
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if self.reply is not None and self.reply_at == "rcpt":
+            return self.reply
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.reply is not None:
+            return self.reply
+        content = envelope.original_content or b""
+        if isinstance(content, str):  # pragma: no cover - decode_data is off
+            content = content.encode()
+        with self.lock:
+            self.messages.append(
+                ReceivedMessage(
+                    mail_from=str(envelope.mail_from),
+                    rcpt_tos=tuple(envelope.rcpt_tos),
+                    data=bytes(content),
+                )
+            )
+        return "250 2.0.0 OK stored"
+
+
+class SmtpServer:
+    """An SMTP sink on 127.0.0.1; `stop()` / `start()` simulate the server being down and back."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self._handler = _StoringHandler()
+        self._controller: Controller | None = None
+
+    @property
+    def messages(self) -> list[ReceivedMessage]:
+        with self._handler.lock:
+            return list(self._handler.messages)
+
+    def reply_with(self, reply: str | None, *, at: str = "data") -> None:
+        """Answer with this reply (e.g. "451 4.3.0 busy", "554 5.7.1 no"); None accepts.
+
+        `at` is "data" (the message is refused after DATA) or "rcpt" (every RCPT TO is refused).
+        """
+        if at not in ("data", "rcpt"):
+            raise ValueError("at must be 'data' or 'rcpt'")
+        self._handler.reply = reply
+        self._handler.reply_at = at
+
+    def start(self) -> None:
+        if self._controller is not None:
+            return
+        # decode_data stays False so the handler sees the bytes exactly as sent.
+        controller = Controller(
+            self._handler,
+            hostname=self.host,
+            port=self.port,
+            ready_timeout=10,
+            data_size_limit=50 * 1024 * 1024,
+        )
+        controller.start()
+        self._controller = controller
+
+    def stop(self) -> None:
+        controller, self._controller = self._controller, None
+        if controller is not None:
+            controller.stop()
+
+
+def start_smtp(*, reply: str | None = None, reply_at: str = "data") -> SmtpServer:
+    """Start an SMTP sink on a free 127.0.0.1 port; `reply` as in `SmtpServer.reply_with`."""
+    server = SmtpServer()
+    server.reply_with(reply, at=reply_at)
+    server.start()
+    return server
+
+
+# --- fixtures -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dovecot_factory(tmp_path: Path) -> Iterator[Callable[..., DovecotServer]]:
+    """Start any number of Dovecot servers (keyword arguments of `start_dovecot`)."""
+    skip_without_dovecot()
+    started: list[DovecotServer] = []
+
+    def factory(**kwargs: Any) -> DovecotServer:
+        server = start_dovecot(tmp_path / f"dovecot{len(started)}", **kwargs)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.cleanup()
+
+
+@pytest.fixture
+def dovecot(dovecot_factory: Callable[..., DovecotServer]) -> DovecotServer:
+    """A plain-text Dovecot with user "cme" / "secret" and "." as the hierarchy delimiter."""
+    return dovecot_factory()
+
+
+@pytest.fixture
+def smtp_factory() -> Iterator[Callable[..., SmtpServer]]:
+    started: list[SmtpServer] = []
+
+    def factory(**kwargs: Any) -> SmtpServer:
+        server = start_smtp(**kwargs)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def smtp_server(smtp_factory: Callable[..., SmtpServer]) -> SmtpServer:
+    return smtp_factory()
+
+
+__all__ = [
+    "DovecotServer",
+    "ReceivedMessage",
+    "SmtpServer",
+    "TlsFiles",
+    "dovecot",
+    "dovecot_factory",
+    "free_port",
+    "make_tls_files",
+    "smtp_factory",
+    "smtp_server",
+    "start_dovecot",
+    "start_smtp",
+]
