@@ -138,6 +138,19 @@ class PollerSettings(_Section):
     replies_per_sender_per_hour: int = Field(default=30, ge=1)
 
 
+class LimitsSettings(_Section):
+    """What an untrusted message or attachment may cost before it is quarantined unread."""
+
+    max_attachment_bytes: int = Field(default=15 * 1024 * 1024, gt=0)
+    max_attachments: int = Field(default=20, ge=1)
+    # Form files are read in a child process with these limits, so no file can take the
+    # poller down or exhaust its memory.
+    sandbox: bool = True
+    parse_cpu_seconds: int = Field(default=20, ge=1)
+    parse_memory_mb: int = Field(default=512, ge=64)
+    parse_timeout_seconds: float = Field(default=30.0, gt=0)
+
+
 class LoggingSettings(_Section):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -151,6 +164,7 @@ class Settings(_Section):
     safeguarding: SafeguardingSettings = SafeguardingSettings()
     council: CouncilSettings = CouncilSettings()
     poller: PollerSettings = PollerSettings()
+    limits: LimitsSettings = LimitsSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @model_validator(mode="after")

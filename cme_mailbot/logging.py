@@ -76,5 +76,7 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(level.upper())
     # mail-parser logs attachment file names (which can name a child) at debug and info.
-    for noisy in ("mailparser", "pypdf", "apscheduler", "imapclient"):
+    for noisy in ("mailparser", "apscheduler", "imapclient"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pypdf's warnings can quote bytes of the file being read.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
