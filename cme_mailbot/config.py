@@ -46,7 +46,7 @@ class MailboxSettings(_Section):
     security: Literal["ssl", "starttls", "none"] = "ssl"
     auth: Literal["password", "oauth2"] = "password"
     username: str = ""
-    password_env: str = "CME_IMAP_PASSWORD"
+    password_env: str = "CME_IMAP_PASSWORD"  # noqa: S105 - a variable name, not a secret
     ca_file: Path | None = None
     folder: str = "INBOX"
     processed_folder: str = "CME/Processed"
@@ -93,9 +93,9 @@ class OutboundSettings(_Section):
     def _auth_pair(self) -> OutboundSettings:
         if (self.username is None) != (self.password_env is None):
             raise ValueError("username and password_env go together: set both or neither")
-        if self.backend == "smtp" and self.security == "none":
-            if self.host not in ("127.0.0.1", "localhost", "::1"):
-                raise ValueError("security: 'none' is allowed only for a loopback host")
+        loopback = self.host in ("127.0.0.1", "localhost", "::1")
+        if self.backend == "smtp" and self.security == "none" and not loopback:
+            raise ValueError("security: 'none' is allowed only for a loopback host")
         return self
 
 

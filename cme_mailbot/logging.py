@@ -36,9 +36,7 @@ def scrub_child_data(
     return event_dict
 
 
-def configure_logging(
-    fmt: str = "auto", level: str = "info", stream: TextIO | None = None
-) -> None:
+def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     shared: list[Any] = [

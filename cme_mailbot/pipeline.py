@@ -272,9 +272,12 @@ class Pipeline:
                 .where(InboundMessage.folder == self.mailbox.folder)
                 .where(InboundMessage.location == mm.location)
             ).first()
-            original = same_place or s.exec(
-                select(InboundMessage).where(InboundMessage.dedupe_key == dedupe[:900])
-            ).first()
+            original = (
+                same_place
+                or s.exec(
+                    select(InboundMessage).where(InboundMessage.dedupe_key == dedupe[:900])
+                ).first()
+            )
         if original is None:
             return None  # lost a race with a row that has since gone: next pass sees it
         assert original.id is not None
@@ -366,9 +369,7 @@ class Pipeline:
             "extract", lambda: extract_forms(parsed.attachments, self.read_form)
         )
         for form in extraction.forms:
-            remember_sensitive(
-                v for k, v in form.fields.items() if k in self.schema.personal_ids
-            )
+            remember_sensitive(v for k, v in form.fields.items() if k in self.schema.personal_ids)
         if extraction.unreadable:
             detail = "; ".join(extraction.unreadable)
             return _Verdict(Outcome.QUARANTINED, detail, parsed, sender, urns)
@@ -592,9 +593,7 @@ class Pipeline:
                 .where(col(OutboundEmail.id) == email_id)
                 .where(col(OutboundEmail.state) == OutboundState.PENDING)
                 .where(col(OutboundEmail.next_attempt_at) <= now)
-                .values(
-                    next_attempt_at=now + self._lease, attempts=OutboundEmail.attempts + 1
-                )
+                .values(next_attempt_at=now + self._lease, attempts=OutboundEmail.attempts + 1)
             )
             if claimed.rowcount != 1:  # type: ignore[attr-defined]
                 return False
@@ -635,4 +634,3 @@ class Pipeline:
 
 class _LostClaim(Exception):
     """Another instance took this message over (our lease ran out)."""
-

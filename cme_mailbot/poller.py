@@ -79,9 +79,8 @@ class Poller:
                 self.failures += 1
                 self.retry_at = self.monotonic() + self.backoff()
                 return
-            if arrived and not self.stop.is_set():
-                if self._poll().errors:
-                    return
+            if arrived and not self.stop.is_set() and self._poll().errors:
+                return
 
     def request_stop(self) -> None:
         self.stop.set()

@@ -127,7 +127,7 @@ def _parse_field(raw: dict[str, object], section_ids: set[str]) -> FieldSpec:
     if need == "C":
         cond = str(raw.get("when", ""))
         if "=" not in cond:
-            raise SchemaError(f"field {fid}: a C field needs `when = \"field = value\"`")
+            raise SchemaError(f'field {fid}: a C field needs `when = "field = value"`')
         left, right = (p.strip() for p in cond.split("=", 1))
         when = Condition(left, right)
     raw_choices = raw.get("choices", [])

@@ -36,11 +36,13 @@ def test_run_answers_mail_that_arrives_while_idle_and_stops_on_sigterm(
     )  # fmt: skip
     try:
         time.sleep(2)  # let it reach its first wait
-        deployment.deliver(referral_email(attachments=[("f.pdf", fill_pdf(referral_values(today)))]))
+        deployment.deliver(
+            referral_email(attachments=[("f.pdf", fill_pdf(referral_values(today)))])
+        )
         # Well inside the 30 s tick: the wait for new mail woke the poller.
         assert wait_for(lambda: len(deployment.sent()) == 1, timeout=20)
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        _out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -71,8 +71,10 @@ def test_two_from_addresses_are_not_genuine() -> None:
 
 def test_microsoft365_mode_needs_compauth_and_dmarc() -> None:
     m365 = SenderAuthSettings(require=True, mode="microsoft365")
-    good = "spf=pass smtp.mailfrom=school.sch.example.uk; dkim=pass header.d=school.sch.example.uk;" \
+    good = (
+        "spf=pass smtp.mailfrom=school.sch.example.uk; dkim=pass header.d=school.sch.example.uk;"
         " dmarc=pass action=none header.from=school.sch.example.uk; compauth=pass reason=100"
+    )
     assert verdict(message(good), m365)
     assert not verdict(message(good.replace("compauth=pass", "compauth=fail")), m365)
     assert not verdict(message(), m365)

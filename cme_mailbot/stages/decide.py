@@ -84,7 +84,7 @@ _SUBJECT_WORDS = frozenset(
     urgent school academy primary secondary infant junior nursery college high the of for and
     to from please find attached attachment siblings sibling pupil pupils year reception
     update updated resend resent correction corrected amended copy ref reference confidential
-    official sensitive secure encrypted cm""".split()
+    official sensitive secure encrypted cm""".split()  # noqa: SIM905
 )
 _NAME_LIKE = re.compile(r"\b([A-Z][A-Za-z'’-]+)\s+(?=([A-Z][A-Za-z'’-]+)\b)")
 

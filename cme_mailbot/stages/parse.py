@@ -130,4 +130,3 @@ def parse_message(raw: bytes) -> ParsedMessage:
         attachments=attachments,
         defects=sorted(parsed.defects_categories),
     )
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
 import ssl
 from collections.abc import Callable, Sequence
@@ -35,9 +36,7 @@ class SmtpTransport:
     def _connect(self) -> smtplib.SMTP:
         conn: smtplib.SMTP
         if self.security == "ssl":
-            conn = smtplib.SMTP_SSL(
-                self.host, self.port, timeout=self.timeout, context=self._ssl
-            )
+            conn = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=self._ssl)
         else:
             conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
             if self.security == "starttls":
@@ -75,16 +74,12 @@ class SmtpTransport:
 
     def _drop(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a broken connection
                 self._conn.close()
-            except Exception:  # noqa: S110 - closing a broken connection
-                pass
             self._conn = None
 
     def close(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(OSError, smtplib.SMTPException):
                 self._conn.quit()
-            except (OSError, smtplib.SMTPException):
-                pass
             self._conn = None
