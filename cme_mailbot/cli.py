@@ -5,7 +5,9 @@ Bad input (arguments or configuration) is a one-line error and exit status 2, ne
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -290,6 +292,121 @@ def referrals_show(c: Ctx, reference: str, as_json: bool) -> None:
             shown = "" if value is None else ("yes" if value is True else "no" if value is False
                                               else str(value))  # fmt: skip
             click.echo(f"  {f.label}: {shown}")
+
+
+# ---- the quarantine -------------------------------------------------------------------------
+
+
+def _actor() -> str:
+    return os.environ.get("SUDO_USER") or os.environ.get("USER") or getpass.getuser()
+
+
+@cli.group()
+def quarantine() -> None:
+    """Messages held for a person to review."""
+
+
+@quarantine.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def quarantine_list(c: Ctx, as_json: bool) -> None:
+    """Quarantined messages awaiting review, oldest first."""
+    from cme_mailbot import quarantine as q
+
+    with Session(c.engine()) as s:
+        rows = [q.summary(s, r) for r in q.pending(s)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        click.echo(
+            f"#{r['id']}\t{r['received_at'][:19]}\t{r['sender'] or '-'}\t{r['outcome']}\t"
+            f"{r['detail'] or ''}"
+        )
+
+
+@quarantine.command("show")
+@click.argument("message_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def quarantine_show(c: Ctx, message_id: int, as_json: bool) -> None:
+    """One quarantined message: why it is held, and its attachments."""
+    from cme_mailbot import quarantine as q
+
+    with Session(c.engine()) as s:
+        try:
+            data = q.summary(s, q.get(s, message_id))
+        except q.QuarantineError as exc:
+            fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for key in ("id", "received_at", "sender", "subject", "outcome", "detail", "size", "review"):
+        click.echo(f"{key}: {data[key] if data[key] is not None else ''}")
+    for a in data["attachments"]:
+        click.echo(
+            f"attachment {a['index']}: {a['filename']} ({a['content_type']}, {a['size']} bytes)"
+        )
+
+
+@quarantine.command("release")
+@click.argument("message_id", type=int)
+@click.option("--reason", required=True, help="Why (recorded in the audit log).")
+@click.option("--trust-sender", is_flag=True, help="A person has vouched for the sender.")
+@click.pass_obj
+def quarantine_release(c: Ctx, message_id: int, reason: str, trust_sender: bool) -> None:
+    """Process a quarantined message again (e.g. after adding an approved contact)."""
+    from cme_mailbot import quarantine as q
+
+    pipeline = _pipeline(c)
+    try:
+        outcome = q.release(pipeline, message_id, _actor(), reason, trust_sender=trust_sender)
+    except q.QuarantineError as exc:
+        fail(str(exc))
+    finally:
+        pipeline.mailbox.close()
+        pipeline.transport.close()
+    click.echo(f"released #{message_id}: {outcome}")
+
+
+@quarantine.command("reject")
+@click.argument("message_id", type=int)
+@click.option("--reason", required=True, help="Why (recorded in the audit log).")
+@click.pass_obj
+def quarantine_reject(c: Ctx, message_id: int, reason: str) -> None:
+    """Close a quarantined message with no further processing."""
+    from cme_mailbot import quarantine as q
+
+    try:
+        with session_scope(c.engine()) as s:
+            q.reject(s, message_id, _actor(), reason)
+    except q.QuarantineError as exc:
+        fail(str(exc))
+    click.echo(f"rejected #{message_id}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)
+@click.pass_obj
+def audit(c: Ctx, as_json: bool, limit: int) -> None:
+    """The audit log of operator actions, newest first."""
+    from sqlmodel import col, select
+
+    from cme_mailbot.models import AuditEvent
+
+    with Session(c.engine()) as s:
+        rows = s.exec(select(AuditEvent).order_by(col(AuditEvent.id).desc()).limit(limit)).all()
+        data = [
+            {"at": r.at.isoformat(), "actor": r.actor, "action": r.action, "target": r.target,
+             "detail": r.detail}
+            for r in rows
+        ]  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for d in data:
+        click.echo(f"{d['at'][:19]}\t{d['actor']}\t{d['action']}\t{d['target']}\t{d['detail']}")
 
 
 def main() -> None:

@@ -122,6 +122,9 @@ class InboundMessage(SQLModel, table=True):
     decided_at: datetime | None = _ts(default=None)
     filed_at: datetime | None = _ts(default=None)
     filed_folder: str | None = None
+    review: str | None = None  # for quarantined messages: "released" or "rejected" by a person
+    reviewed_by: str | None = None
+    reviewed_at: datetime | None = _ts(default=None)
 
 
 class MessageBlob(SQLModel, table=True):

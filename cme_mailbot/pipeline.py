@@ -331,11 +331,59 @@ class Pipeline:
         self.drain_outbox(inbound_id=row_id)
         return verdict.outcome
 
+    # ---- a person's second look -----------------------------------------------------------
+
+    def release(self, row_id: int, *, trust_sender: bool = False) -> Outcome:
+        """Process a quarantined message again from its stored bytes (after a fix such as adding
+        an approved contact). `trust_sender` skips the Authentication-Results check: a person
+        has vouched for the sender. The mailbox copy stays where it was filed."""
+        now = self.clock()
+        with session_scope(self.engine) as s:
+            taken = s.execute(
+                update(InboundMessage)
+                .where(col(InboundMessage.id) == row_id)
+                .where(col(InboundMessage.state) == MessageState.FILED)
+                .where(col(InboundMessage.outcome).in_(QUARANTINE_OUTCOMES))
+                .where(col(InboundMessage.review).is_(None))
+                .values(
+                    state=MessageState.CLAIMED,
+                    claimed_by=self.instance,
+                    lease_until=now + self._lease,
+                )
+            )
+            if taken.rowcount != 1:  # type: ignore[attr-defined]
+                raise ReleaseError("not a quarantined message awaiting review")
+            blob = s.get(MessageBlob, row_id)
+        if blob is None:
+            with session_scope(self.engine) as s:
+                s.execute(
+                    update(InboundMessage)
+                    .where(col(InboundMessage.id) == row_id)
+                    .values(state=MessageState.FILED, claimed_by=None, lease_until=None)
+                )
+            raise ReleaseError("the original bytes were not kept (oversized message)")
+        with structlog.contextvars.bound_contextvars(ledger_id=row_id):
+            forget_sensitive()
+            try:
+                verdict = self._judge(blob.raw, trust_sender=trust_sender)
+                self._commit_decision(row_id, verdict)
+            finally:
+                forget_sensitive()
+            log.info("released", outcome=verdict.outcome.value)
+        with session_scope(self.engine) as s:
+            s.execute(
+                update(InboundMessage)
+                .where(col(InboundMessage.id) == row_id)
+                .values(state=MessageState.FILED, filed_at=self.clock())
+            )
+        self.drain_outbox(inbound_id=row_id)
+        return verdict.outcome
+
     # ---- the stages before the decision --------------------------------------------------
 
-    def _judge(self, raw: bytes) -> _Verdict:
+    def _judge(self, raw: bytes, *, trust_sender: bool = False) -> _Verdict:
         try:
-            return self._stages(raw)
+            return self._stages(raw, trust_sender=trust_sender)
         except StageError as exc:
             log.error("stage_failed", stage=exc.stage, error=str(exc))
             return self._quarantine_verdict(raw, str(exc))
@@ -346,7 +394,7 @@ class Pipeline:
         except Exception as exc:  # contain the failure to this message
             raise StageError(name, exc) from exc
 
-    def _stages(self, raw: bytes) -> _Verdict:
+    def _stages(self, raw: bytes, *, trust_sender: bool = False) -> _Verdict:
         try:
             parsed: ParsedMessage = self._stage("parse", lambda: parse_message(raw))
         except StageError as exc:
@@ -357,7 +405,10 @@ class Pipeline:
         reason = self._stage("automatic", lambda: automatic_reason(parsed, own))
         if reason:
             return _Verdict(Outcome.AUTO_REPLY_IGNORED, reason, parsed)
-        verdict = self._stage("sender", lambda: authenticate(parsed, self.settings.sender_auth))
+        auth = self.settings.sender_auth
+        if trust_sender:
+            auth = auth.model_copy(update={"require": False})
+        verdict = self._stage("sender", lambda: authenticate(parsed, auth))
         if not verdict.genuine:
             return _Verdict(Outcome.UNAUTHENTICATED_SENDER, verdict.why, parsed)
         sender = parsed.sender
@@ -630,6 +681,13 @@ class Pipeline:
         if state is OutboundState.SENT:
             self.sent_total += 1
         return state is OutboundState.SENT
+
+
+QUARANTINE_OUTCOMES = (Outcome.QUARANTINED, Outcome.UNAUTHENTICATED_SENDER)
+
+
+class ReleaseError(Exception):
+    """A release that cannot be done; the message says why in one line."""
 
 
 class _LostClaim(Exception):
