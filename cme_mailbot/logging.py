@@ -74,7 +74,9 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
     root.addHandler(handler)
     root.setLevel(level.upper())
     # mail-parser logs attachment file names (which can name a child) at debug and info.
-    for noisy in ("mailparser", "apscheduler", "imapclient"):
+    for noisy in ("mailparser", "imapclient"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # A tick skipped while the previous cycle runs is by design (max_instances=1, coalesce).
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     # pypdf's warnings can quote bytes of the file being read.
     logging.getLogger("pypdf").setLevel(logging.ERROR)

@@ -232,10 +232,12 @@ class Pipeline:
             dedupe = f"oversize:{self.mailbox.account}:{self.mailbox.folder}:{mm.location}"
         else:
             sha = _digest(mm.raw)
-            headers = read_headers(mm.raw)
-            message_id = normalise_message_id(headers.get("Message-ID"))
-            from_header = " ".join(str(v) for v in headers.get_all("From", []))
-            sender = first_address(from_header)
+            try:
+                headers = read_headers(mm.raw)
+                message_id = normalise_message_id(headers.get("Message-ID"))
+                sender = first_address(" ".join(str(v) for v in headers.get_all("From", [])))
+            except Exception:  # hostile headers: identify the message by its bytes alone
+                message_id, sender = None, None
             dedupe = f"mid:{message_id} from:{sender}" if message_id else f"sha256:{sha}"
         try:
             with session_scope(self.engine) as s:
@@ -285,6 +287,8 @@ class Pipeline:
             # Decided already: this is the same message again (a re-delivered copy, or our own
             # copy whose filing did not finish). File it where the original went; no reply.
             assert original.outcome is not None
+            if same_place is not None and not self._may_file(original, now):
+                return None  # its decider is filing it right now
             folder = original.filed_folder or _folder_for(self.settings, original.outcome)
             with structlog.contextvars.bound_contextvars(ledger_id=original.id):
                 log.info("already_handled", copy=same_place is None, folder=folder)
@@ -417,7 +421,8 @@ class Pipeline:
         if not urns:
             return _Verdict(Outcome.UNAPPROVED_SENDER, "not on the approved list", parsed, sender)
         extraction = self._stage(
-            "extract", lambda: extract_forms(parsed.attachments, self.read_form)
+            "extract",
+            lambda: extract_forms(parsed.attachments, self.read_form, self.settings.limits),
         )
         for form in extraction.forms:
             remember_sensitive(v for k, v in form.fields.items() if k in self.schema.personal_ids)
@@ -498,7 +503,9 @@ class Pipeline:
                     detail=verdict.detail[:1000],
                     decided_at=now,
                     subject=(verdict.parsed.subject[:998] if verdict.parsed else None),
-                    lease_until=None,
+                    # The lease is kept until filing: no other instance files it meanwhile
+                    # (two concurrent MOVEs of one UID can leave two copies on some servers).
+                    lease_until=now + self._lease,
                 )
             )
             if moved.rowcount != 1:  # type: ignore[attr-defined]
@@ -522,7 +529,10 @@ class Pipeline:
                 self._safeguarding_alerts(s, row_id, outcomes)
             template = outcome_template(verdict.outcome)
             if template and verdict.reply_to and parsed is not None:
-                if self._reply_allowed(s, verdict.reply_to, now):
+                # A loop between robots never carries a valid referral form, so replies about
+                # forms are never capped: a school may send many referrals in an hour.
+                capped = verdict.outcome is not Outcome.PROCESSED
+                if not capped or self._reply_allowed(s, verdict.reply_to, now):
                     subject = safe_subject(parsed.subject, verdict.forms, self.schema)
                     context["subject"] = reply_subject_base(subject)
                     email = self.composer.outbound(
@@ -566,14 +576,17 @@ class Pipeline:
         log.warning("safeguarding_alert_queued", count=len(alerts))
 
     def _reply_allowed(self, s: Session, to: str, now: dt.datetime) -> bool:
-        """A per-sender cap on replies per hour, so two robots can never ping-pong."""
+        """A per-sender cap on replies per hour (those not about forms), so two robots can never
+        ping-pong."""
         since = now - dt.timedelta(hours=1)
         recent = s.exec(
             select(func.count())
             .select_from(OutboundEmail)
+            .join(InboundMessage, col(InboundMessage.id) == col(OutboundEmail.inbound_id))
             .where(OutboundEmail.kind == "reply")
             .where(col(OutboundEmail.created_at) >= since)
             .where(OutboundEmail.reply_to == to)
+            .where(InboundMessage.outcome != Outcome.PROCESSED)
         ).one()
         return int(recent) < self.settings.poller.replies_per_sender_per_hour
 
@@ -590,10 +603,22 @@ class Pipeline:
                 s.execute(
                     update(InboundMessage)
                     .where(col(InboundMessage.id) == row_id)
-                    .values(state=MessageState.FILED, filed_at=self.clock(), filed_folder=folder)
+                    .values(
+                        state=MessageState.FILED,
+                        filed_at=self.clock(),
+                        filed_folder=folder,
+                        lease_until=None,
+                    )
                 )
 
+    def _may_file(self, row: InboundMessage, now: dt.datetime) -> bool:
+        """A decided message is filed by its decider, or by anyone once that lease has run out."""
+        if row.state != MessageState.DECIDED:
+            return True
+        return row.claimed_by == self.instance or row.lease_until is None or row.lease_until < now
+
     def refile_decided(self) -> None:
+        now = self.clock()
         with Session(self.engine) as s:
             rows = s.exec(
                 select(InboundMessage)
@@ -602,6 +627,8 @@ class Pipeline:
                 .where(InboundMessage.state == MessageState.DECIDED)
             ).all()
         for row in rows:
+            if not self._may_file(row, now):
+                continue
             assert row.id is not None and row.outcome is not None
             self._file(row.id, row.location, _folder_for(self.settings, row.outcome), mark=True)
 
@@ -663,7 +690,8 @@ class Pipeline:
                 state = OutboundState.FAILED
             else:
                 state = OutboundState.PENDING
-                retry_at = now + dt.timedelta(seconds=min(30 * 2 ** (attempts - 1), 3600))
+                base = self.settings.outbound.retry_base_seconds
+                retry_at = now + dt.timedelta(seconds=min(base * 2 ** (attempts - 1), 3600))
         except PermanentFailure as exc:
             state, error = OutboundState.FAILED, str(exc)[:500]
         with session_scope(self.engine) as s:

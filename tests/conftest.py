@@ -20,6 +20,9 @@ import pytest
 from cme_mailbot.mailbox.maildir import MaildirMailbox
 from cme_mailbot.samples import AUTHSERV_ID, SAMPLE_SCHOOL, SAMPLE_SENDER, SAMPLE_URN
 
+# Real servers (Dovecot, SMTP) for any test that asks for them.
+pytest_plugins = ["tests.servers"]
+
 CONFIG = """\
 [database]
 url = "sqlite:///{root}/cme.db"

@@ -324,3 +324,22 @@ def test_reply_subject_never_echoes_a_name(subject: str, expected: str) -> None:
     from cme_mailbot.stages.decide import safe_subject
 
     assert safe_subject(subject, [], default_schema()) == expected
+
+
+def test_reply_cap_stops_ping_pong_but_never_replies_about_forms(
+    deployment: Deployment, today: dt.date
+) -> None:
+    with deployment.config.open("a") as fh:
+        fh.write("\n[poller]\nreplies_per_sender_per_hour = 2\n")
+    for i in range(4):  # a robot we did not recognise, writing again and again
+        deployment.deliver(referral_email(subject=f"Re: your email {i}", body="Thank you"))
+    for serial in range(70, 74):  # and a busy school
+        deployment.deliver(
+            pdf_email(today, upn=make_upn(serial=serial), child_first_name=f"Kid{serial}")
+        )
+    deployment.poll()
+    outcomes = [m["outcome"] for m in deployment.messages()]
+    assert outcomes == ["no_form"] * 4 + ["processed"] * 4
+    subjects = [str(m["Subject"]) for m in deployment.sent()]
+    assert sum("no referral form" in s for s in subjects) == 2
+    assert sum("referral accepted" in s for s in subjects) == 4

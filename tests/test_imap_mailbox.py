@@ -18,7 +18,6 @@ if TYPE_CHECKING:  # imported at run time by pytest_plugins, which rewrites its 
 
     Factory = Callable[..., DovecotServer]
 
-pytest_plugins = ["tests.servers"]
 pytestmark = pytest.mark.dovecot
 
 

@@ -12,7 +12,6 @@ from cme_mailbot.transport.smtp import SmtpTransport
 if TYPE_CHECKING:  # imported at run time by pytest_plugins, which rewrites its asserts
     from tests.servers import SmtpServer
 
-pytest_plugins = ["tests.servers"]
 
 SENDER = "cme-referrals@council.example"
 RAW = (
@@ -85,3 +84,13 @@ def test_a_5xx_reply_is_a_permanent_failure(smtp_server: SmtpServer, at: str) ->
     with pytest.raises(PermanentFailure):
         t.send(RAW, SENDER, ["office@school.example"])
     assert smtp_server.messages == []
+
+
+def test_bare_lf_messages_go_out_with_crlf(smtp_server: SmtpServer) -> None:
+    line = b"x" * 70
+    raw = b"From: a@b.example\nTo: c@d.example\nSubject: s\n\n" + (line + b"\n") * 40
+    SmtpTransport(smtp_server.host, smtp_server.port, "none").send(
+        raw, "a@b.example", ["c@d.example"]
+    )
+    [got] = smtp_server.messages
+    assert got.data.replace(b"\r\n", b"\n") == raw

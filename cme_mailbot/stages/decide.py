@@ -7,6 +7,7 @@ form results and the replies (the transactional outbox) are written together or 
 from __future__ import annotations
 
 import datetime as dt
+import email.policy
 import email.utils
 import re
 from collections.abc import Mapping, Sequence
@@ -162,7 +163,7 @@ class Composer:
             message_id=str(msg["Message-ID"]),
             recipients=list(to),
             reply_to=to[0] if kind == "reply" else None,
-            raw=bytes(msg),
+            raw=msg.as_bytes(policy=email.policy.SMTP),  # CRLF line endings, as on the wire
         )
 
 

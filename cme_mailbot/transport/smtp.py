@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import smtplib
 import ssl
 from collections.abc import Callable, Sequence
@@ -39,19 +40,38 @@ class SmtpTransport:
             conn = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=self._ssl)
         else:
             conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        try:
             if self.security == "starttls":
                 conn.starttls(context=self._ssl)
-        conn.ehlo()
-        if self.oauth2_token is not None and self.username:
-            token = self.oauth2_token()
-            auth = f"user={self.username}\x01auth=Bearer {token}\x01\x01"
-            conn.auth("XOAUTH2", lambda _challenge=None: auth, initial_response_ok=True)
-        elif self.username and self.password is not None:
-            conn.login(self.username, self.password)
+            conn.ehlo()
+            if self.oauth2_token is not None and self.username:
+                self._xoauth2(conn, self.username, self.oauth2_token)
+            elif self.username and self.password is not None:
+                conn.login(self.username, self.password)
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    @staticmethod
+    def _xoauth2(conn: smtplib.SMTP, username: str, get_token: Callable[[], str]) -> None:
+        try:
+            token = get_token()
+        except Exception as exc:  # OAuth2Error says why (an AADSTS code), never the secret
+            raise TemporaryFailure(f"no OAuth2 token for SMTP: {exc}") from None
+        sasl = f"user={username}\x01auth=Bearer {token}\x01\x01"
+
+        def respond(challenge: bytes | None = None) -> str:
+            # First the initial response (smtplib base64-encodes it). A 334 after it carries a
+            # base64 JSON error, to be answered with an empty line; the server then says 535.
+            return sasl if challenge is None else ""
+
+        conn.auth("XOAUTH2", respond, initial_response_ok=True)
 
     def send(self, raw: bytes, sender: str, recipients: Sequence[str]) -> list[str]:
         """Send; returns the recipients refused while others accepted (delivered, not retried)."""
+        # smtplib passes bytes through as they are: the wire needs CRLF line endings.
+        raw = re.sub(rb"(?<!\r)\n", b"\r\n", raw)
         try:
             if self._conn is None:
                 self._conn = self._connect()
@@ -62,6 +82,10 @@ class SmtpTransport:
             if all(400 <= c < 500 for c in codes):
                 raise TemporaryFailure(f"recipients refused for now: {codes}") from None
             raise PermanentFailure(f"recipients refused: {codes}") from None
+        except smtplib.SMTPAuthenticationError as exc:
+            # Our credentials or the app's permissions, not the message: retry later.
+            self._drop()
+            raise TemporaryFailure(f"SMTP {exc.smtp_code}: authentication refused") from None
         except smtplib.SMTPResponseException as exc:
             self._drop()
             if 400 <= exc.smtp_code < 500:
