@@ -70,10 +70,13 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
 
 def _pipeline(c: Ctx) -> Any:
     from cme_mailbot.pipeline import Pipeline
+    from cme_mailbot.sandbox import sandboxed_reader
     from cme_mailbot.wiring import open_mailbox, open_transport
 
     s = c.settings
-    return Pipeline(c.engine(), s, open_mailbox(s), open_transport(s))
+    return Pipeline(
+        c.engine(), s, open_mailbox(s), open_transport(s), form_reader=sandboxed_reader(s.limits)
+    )
 
 
 @cli.command()
@@ -407,6 +410,16 @@ def audit(c: Ctx, as_json: bool, limit: int) -> None:
         return
     for d in data:
         click.echo(f"{d['at'][:19]}\t{d['actor']}\t{d['action']}\t{d['target']}\t{d['detail']}")
+
+
+def _register_console() -> None:
+    from cme_mailbot.web.commands import users, web
+
+    cli.add_command(web)
+    cli.add_command(users)
+
+
+_register_console()
 
 
 def main() -> None:

@@ -2,6 +2,10 @@
 
 mail-parser is used because it has years of fixes for real-world malformed MIME (bad charsets,
 broken boundaries, epilogue defects) that a hand-written walk would have to rediscover.
+
+Any byte sequence either parses or raises `ParseError` (the pipeline quarantines it): header
+decoding never raises, and attachment filenames are display text only (control characters
+removed, length capped), never a path.
 """
 
 from __future__ import annotations
@@ -10,11 +14,22 @@ import base64
 import email.header
 import email.policy
 import email.utils
+import logging
+import re
 from dataclasses import dataclass, field
 from email.message import Message
 from email.parser import BytesParser
 
 import mailparser
+
+# mail-parser logs undecodable header values, and attachment names, verbatim: both can name a
+# child. Its lines stop at its own logger; parse defects are recorded in ParsedMessage.defects.
+_mailparser_log = logging.getLogger("mailparser")
+_mailparser_log.addHandler(logging.NullHandler())
+_mailparser_log.propagate = False
+
+MAX_FILENAME_CHARS = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 
 class ParseError(Exception):
@@ -47,26 +62,43 @@ class ParsedMessage:
         return [str(v) for v in self.headers.get_all(name, [])]
 
 
-def normalise_message_id(value: str | None) -> str | None:
+def normalise_message_id(value: object) -> str | None:
+    """`<id>` with no white space, or None. Takes any header value: with the compat32 policy a
+    header holding raw 8-bit bytes comes back as an `email.header.Header`, not a str."""
     if not value:
         return None
-    value = "".join(value.split())
-    if not value:
+    text = "".join(str(value).split())
+    if not text:
         return None
-    if not value.startswith("<"):
-        value = f"<{value}>"
-    return value
+    if not text.startswith("<"):
+        text = f"<{text}>"
+    return text
+
+
+MAX_HEADER_BYTES = 4 * 1024 * 1024
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 
 
 def read_headers(raw: bytes) -> Message:
-    """Headers only, with the compat32 policy: it never raises on malformed headers."""
-    return BytesParser(policy=email.policy.compat32).parsebytes(raw, headersonly=True)
+    """Headers only, with the compat32 policy: it never raises on malformed headers.
+
+    Only the header block is handed to the parser (up to the first blank line, at most
+    MAX_HEADER_BYTES): given the whole message, the stdlib parser copies the body several
+    times over even with headersonly, ~7x the message size at peak.
+    """
+    end = _BLANK_LINE.search(raw, 0, MAX_HEADER_BYTES)
+    block = raw[: end.end()] if end else raw[:MAX_HEADER_BYTES]
+    return BytesParser(policy=email.policy.compat32).parsebytes(block, headersonly=True)
 
 
 def _addresses(headers: Message) -> list[str]:
     values = [str(v) for v in headers.get_all("From", [])]
     out: list[str] = []
-    for _name, addr in email.utils.getaddresses(values):
+    try:
+        pairs = email.utils.getaddresses(values)
+    except Exception:  # an address parser error on hostile input: no genuine sender
+        return [""] if values else []
+    for _name, addr in pairs:
         addr = addr.strip()
         if addr and "@" in addr:
             out.append(addr.lower())
@@ -78,7 +110,11 @@ def _addresses(headers: Message) -> list[str]:
 
 def first_address(value: str) -> str | None:
     """The first addr-spec in a header value, lower-cased."""
-    for _name, addr in email.utils.getaddresses([value]) if value else []:
+    try:
+        pairs = email.utils.getaddresses([value]) if value else []
+    except Exception:
+        return None
+    for _name, addr in pairs:
         if "@" in addr:
             return addr.strip().lower()[:320]
     return None
@@ -91,9 +127,15 @@ def _decode_subject(headers: Message) -> str:
     try:
         parts = email.header.decode_header(str(raw))
         text = str(email.header.make_header(parts))
-    except (ValueError, LookupError, UnicodeError):
+    except Exception:  # HeaderParseError, an unknown charset, bad base64, ...
         text = str(raw)
     return " ".join(text.split())
+
+
+def display_filename(value: object) -> str:
+    """An attachment's name for display and format sniffing only, never for a path."""
+    text = _CONTROL.sub(" ", str(value or "")).strip()
+    return " ".join(text.split())[:MAX_FILENAME_CHARS] or "attachment"
 
 
 def parse_message(raw: bytes) -> ParsedMessage:
@@ -115,7 +157,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
             raise ParseError("an attachment's encoding is corrupt") from None
         attachments.append(
             Attachment(
-                filename=str(att.get("filename") or "attachment"),
+                filename=display_filename(att.get("filename")),
                 content_type=str(att.get("mail_content_type") or "application/octet-stream"),
                 data=data,
             )

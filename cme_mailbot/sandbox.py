@@ -1,0 +1,428 @@
+"""Reading untrusted form files in a child process with CPU, memory and wall-clock limits.
+
+`sandboxed_reader(limits)` returns a `FormReader` (same call as `forms.read_form`) that hands each
+attachment to a worker process, `python -m cme_mailbot.sandbox`, over a pipe. The worker sets its
+resource limits before it reads anything: RLIMIT_AS (memory), RLIMIT_CPU (per file), no core
+files, no file writes, no child processes, and pypdf may not call an external jbig2dec. The
+parent enforces the wall-clock limit and kills the worker on any breach.
+
+One worker serves many files (a fresh interpreter costs ~0.2 s; a round trip ~1 ms), and is
+retired after a bounded number of files, after any file it could not read, and on any breach,
+so a hostile file never shares a process with the next message's forms for long and a damaged
+heap is never reused. Only JSON crosses back (never pickle: a subverted worker must not be able
+to run code in the poller). No error text from here carries a filename or file content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from cme_mailbot.config import LimitsSettings
+from cme_mailbot.forms import ExtractedForm, FormUnreadable
+
+if TYPE_CHECKING:
+    from cme_mailbot.stages.extract import FormReader
+
+log = structlog.get_logger("cme_mailbot.sandbox")
+
+_HEADER = struct.Struct(">II")  # metadata length, data length
+_LENGTH = struct.Struct(">I")
+_READY = b"CME-SANDBOX-READY\n"
+_MAX_REPLY_BYTES = 4 * 1024 * 1024  # a form's fields are a few kilobytes
+_MAX_REASON_CHARS = 300
+_STARTUP_SECONDS = 30.0
+_FORMATS = ("pdf", "docx")
+DEFAULT_READER = "cme_mailbot.forms:read_form"
+
+
+class SandboxError(Exception):
+    """The worker could not be started; the message names no file."""
+
+
+def sandboxed_reader(limits: LimitsSettings, *, max_files_per_worker: int = 200) -> FormReader:
+    """The form reader the pipeline should use: sandboxed unless `limits.sandbox` is false."""
+    if not limits.sandbox:
+        from cme_mailbot.forms import read_form
+
+        log.warning("sandbox_disabled")
+        return read_form
+    return SandboxedReader(limits, max_files_per_worker=max_files_per_worker)
+
+
+class SandboxedReader:
+    """A `FormReader` that reads each file in a resource-limited worker process."""
+
+    def __init__(
+        self,
+        limits: LimitsSettings,
+        *,
+        max_files_per_worker: int = 200,
+        reader: str = DEFAULT_READER,
+    ) -> None:
+        """`reader` is the "module:function" the worker calls; tests substitute a hostile one."""
+        self.limits = limits
+        self.max_files_per_worker = max_files_per_worker
+        self.reader = reader
+        self._lock = threading.Lock()
+        self._worker: _Worker | None = None
+        self.workers_started = 0  # for tests and the benchmark
+
+    def __call__(self, filename: str, content_type: str, data: bytes) -> ExtractedForm | None:
+        with self._lock:
+            worker = self._worker
+            if worker is None or not worker.alive() or worker.files >= self.max_files_per_worker:
+                if worker is not None:
+                    worker.stop()
+                worker = self._worker = _Worker(self.limits, self.reader)
+                self.workers_started += 1
+            try:
+                reply = worker.read(filename, content_type, data)
+            except FormUnreadable:
+                worker.kill()
+                self._worker = None
+                raise
+            except Exception as exc:  # an I/O failure on our side: the file is not to blame
+                worker.kill()
+                self._worker = None
+                raise FormUnreadable(
+                    f"the sandboxed reader failed ({type(exc).__name__})"
+                ) from None
+            if reply.get("status") != "form" and reply.get("status") != "none":
+                # Retire a worker that met a file it could not read: its heap may be damaged.
+                worker.stop()
+                self._worker = None
+            return _to_form(reply, filename)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._worker is not None:
+                self._worker.stop()
+                self._worker = None
+
+
+def _to_form(reply: dict[str, Any], filename: str) -> ExtractedForm | None:
+    """Check the worker's reply field by field: it came from a process that read hostile bytes."""
+    status = reply.get("status")
+    if status == "none":
+        return None
+    if status == "unreadable":
+        reason = reply.get("reason")
+        if not isinstance(reason, str) or not reason:
+            reason = "unreadable attachment"
+        raise FormUnreadable(reason[:_MAX_REASON_CHARS])
+    if status == "limit":
+        raise FormUnreadable(_limit_text(str(reply.get("limit")), None))
+    fmt, fields = reply.get("format"), reply.get("fields")
+    if status != "form" or fmt not in _FORMATS or not isinstance(fields, dict):
+        raise FormUnreadable("the sandboxed reader gave a malformed answer")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items()):
+        raise FormUnreadable("the sandboxed reader gave a malformed answer")
+    return ExtractedForm(filename=filename, format=fmt, fields=dict(fields))
+
+
+def _limit_text(limit: str, limits: LimitsSettings | None) -> str:
+    if limit == "memory":
+        size = f" ({limits.parse_memory_mb} MB)" if limits else ""
+        return f"reading the attachment exceeded the sandbox memory limit{size}"
+    if limit == "cpu":
+        size = f" ({limits.parse_cpu_seconds} s)" if limits else ""
+        return f"reading the attachment exceeded the sandbox CPU time limit{size}"
+    if limit == "wall":
+        size = f" ({limits.parse_timeout_seconds:g} s)" if limits else ""
+        return f"reading the attachment exceeded the sandbox wall-clock limit{size}"
+    return "the sandboxed reader crashed while reading the attachment"
+
+
+class _Worker:
+    """One `python -m cme_mailbot.sandbox` process and its two pipes."""
+
+    def __init__(self, limits: LimitsSettings, reader: str) -> None:
+        self.limits = limits
+        self.files = 0
+        env = {
+            "PATH": os.defpath,
+            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "LC_ALL": "C.UTF-8",
+        }  # nothing else from our environment: it may name secrets
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-s",
+                "-m",
+                "cme_mailbot.sandbox",
+                str(limits.parse_memory_mb),
+                str(limits.parse_cpu_seconds),
+                reader,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # library warnings may quote the file
+            env=env,
+            cwd="/",
+            close_fds=True,
+            start_new_session=True,  # a Ctrl-C to the poller must not kill the file in hand
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._in = self.proc.stdin.fileno()
+        self._out = self.proc.stdout.fileno()
+        os.set_blocking(self._in, False)
+        os.set_blocking(self._out, False)
+        self._finalizer = weakref.finalize(self, _reap, self.proc)
+        try:
+            ready = _read_exact(self._out, len(_READY), time.monotonic() + _STARTUP_SECONDS)
+        except (TimeoutError, EOFError) as exc:
+            self.kill()
+            log.error("sandbox_start_failed", error=type(exc).__name__)
+            raise SandboxError("the sandbox worker did not start") from None
+        if ready != _READY:
+            self.kill()
+            raise SandboxError("the sandbox worker did not start")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def read(self, filename: str, content_type: str, data: bytes) -> dict[str, Any]:
+        self.files += 1
+        meta = json.dumps({"filename": filename, "content_type": content_type}).encode()
+        deadline = time.monotonic() + self.limits.parse_timeout_seconds
+        try:
+            _write_all(self._in, _HEADER.pack(len(meta), len(data)) + meta, deadline)
+            _write_all(self._in, data, deadline)
+            (size,) = _LENGTH.unpack(_read_exact(self._out, _LENGTH.size, deadline))
+            if size > _MAX_REPLY_BYTES:
+                raise FormUnreadable("the sandboxed reader gave a malformed answer")
+            body = _read_exact(self._out, size, deadline)
+        except TimeoutError:
+            self.kill()
+            log.warning("sandbox_limit", limit="wall")
+            raise FormUnreadable(_limit_text("wall", self.limits)) from None
+        except (EOFError, BrokenPipeError):
+            limit = self._why_dead()
+            log.warning("sandbox_limit", limit=limit)
+            raise FormUnreadable(_limit_text(limit, self.limits)) from None
+        try:
+            reply = json.loads(body)
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            raise FormUnreadable("the sandboxed reader gave a malformed answer")
+        if reply.get("status") == "limit":
+            self.kill()
+            log.warning("sandbox_limit", limit=str(reply.get("limit")))
+            raise FormUnreadable(_limit_text(str(reply.get("limit")), self.limits))
+        return reply
+
+    def _why_dead(self) -> str:
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return "crash"
+        if code == -signal.SIGXCPU:
+            return "cpu"
+        if code == _EXIT_MEMORY:
+            return "memory"
+        return "crash"
+
+    def stop(self) -> None:
+        """Ask the worker to finish (end of input), then make sure it has."""
+        with contextlib.suppress(OSError):
+            os.close(self._in)
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self._close_pipes()
+
+    def kill(self) -> None:
+        _reap(self.proc)
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):  # SIGKILL does not take this long
+        proc.wait(timeout=5)
+
+
+def _write_all(fd: int, data: bytes, deadline: float) -> None:
+    view = memoryview(data)
+    while view:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        _, writable, _ = select.select([], [fd], [], remaining)
+        if not writable:
+            continue
+        try:
+            n = os.write(fd, view[: 1 << 20])
+        except BlockingIOError:
+            continue
+        view = view[n:]
+
+
+def _read_exact(fd: int, n: int, deadline: float) -> bytes:
+    chunks: list[bytes] = []
+    need = n
+    while need:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if not readable:
+            continue
+        try:
+            chunk = os.read(fd, min(need, 1 << 20))
+        except BlockingIOError:
+            continue
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        need -= len(chunk)
+    return b"".join(chunks)
+
+
+# ---- the worker side ---------------------------------------------------------------------------
+
+_EXIT_MEMORY = 86  # the worker's exit status after a MemoryError it could not report
+
+
+def _set_limits(memory_mb: int) -> None:
+    import resource
+
+    memory = memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # No file writes: an over-size write fails with EFBIG instead of killing us (SIGXFSZ).
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    # No child processes (not enforced for root, hence also no jbig2dec in `serve`).
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+
+
+def _cpu_budget(seconds: int) -> None:
+    """Allow `seconds` more CPU time from now; past it the kernel sends SIGXCPU, which kills."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = int(usage.ru_utime + usage.ru_stime) + 1
+    _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = used + seconds
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def _read_exact_blocking(stream: Any, n: int) -> bytes | None:
+    data = stream.read(n)
+    if not data:
+        return None
+    if len(data) != n:
+        raise EOFError
+    return bytes(data)
+
+
+def _answer(read_form: Any, filename: str, content_type: str, data: bytes) -> dict[str, Any]:
+    try:
+        form = read_form(filename, content_type, data)
+    except FormUnreadable as exc:
+        return {"status": "unreadable", "reason": str(exc)[:_MAX_REASON_CHARS]}
+    except MemoryError:
+        return {"status": "limit", "limit": "memory"}
+    except RecursionError:
+        return {"status": "unreadable", "reason": "the attachment is nested too deeply to read"}
+    except Exception as exc:
+        return {"status": "unreadable", "reason": f"the reader failed ({type(exc).__name__})"}
+    if form is None:
+        return {"status": "none"}
+    return {"status": "form", "format": form.format, "fields": form.fields}
+
+
+def _no_external_decoders(pypdf: Any) -> None:
+    """pypdf would run a jbig2dec binary for JBIG2 images; the worker never runs a program."""
+    if hasattr(pypdf, "overwrite_configuration"):  # pypdf >= 7
+        pypdf.overwrite_configuration(jbig2dec_binary=None)
+        return
+    import pypdf.filters
+
+    pypdf.filters.JBIG2DEC_BINARY = None  # pypdf 6
+
+
+def serve(memory_mb: int, cpu_seconds: int, reader: str = DEFAULT_READER) -> int:
+    """The worker's loop: one framed request in, one JSON reply out, until end of input."""
+    import importlib
+    import logging
+    import warnings
+
+    import pypdf
+
+    # Loaded once, before the limits, rather than per file.
+    import cme_mailbot.forms.docx
+    import cme_mailbot.forms.pdf  # noqa: F401
+    from cme_mailbot.schema import default_schema
+
+    default_schema()
+    module, _, function = reader.partition(":")
+    read_form = getattr(importlib.import_module(module), function)
+    logging.disable(logging.CRITICAL)  # library log lines may quote the file
+    warnings.simplefilter("ignore")
+    _no_external_decoders(pypdf)
+    _set_limits(memory_mb)
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdout.write(_READY)
+    stdout.flush()
+    while True:
+        header = _read_exact_blocking(stdin, _HEADER.size)
+        if header is None:
+            return 0
+        meta_len, data_len = _HEADER.unpack(header)
+        meta = json.loads(_read_exact_blocking(stdin, meta_len) or b"{}")
+        data = _read_exact_blocking(stdin, data_len) if data_len else b""
+        _cpu_budget(cpu_seconds)
+        try:
+            reply = _answer(
+                read_form,
+                str(meta.get("filename", "")),
+                str(meta.get("content_type", "")),
+                data or b"",
+            )
+            body = json.dumps(reply).encode()
+            del data
+            stdout.write(_LENGTH.pack(len(body)) + body)
+            stdout.flush()
+        except MemoryError:
+            return _EXIT_MEMORY
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    return serve(int(args[0]), int(args[1]), *args[2:3])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
