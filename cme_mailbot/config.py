@@ -13,6 +13,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cme_mailbot.oauth import OAuth2Settings
+from cme_mailbot.web.settings import WebSettings
+
 CONFIG_ENV = "CME_MAILBOT_CONFIG"
 
 
@@ -81,6 +84,7 @@ class OutboundSettings(_Section):
     from_name: str = "Children Missing Education team"
     timeout_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=8, ge=1)
+    retry_base_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator("from_address")
     @classmethod
@@ -91,7 +95,12 @@ class OutboundSettings(_Section):
 
     @model_validator(mode="after")
     def _auth_pair(self) -> OutboundSettings:
-        if (self.username is None) != (self.password_env is None):
+        if self.auth == "oauth2":
+            if not self.username:
+                raise ValueError("username: required when auth = oauth2 (the mailbox sent as)")
+            if self.password_env is not None:
+                raise ValueError("password_env: not used when auth = oauth2; remove it")
+        elif (self.username is None) != (self.password_env is None):
             raise ValueError("username and password_env go together: set both or neither")
         loopback = self.host in ("127.0.0.1", "localhost", "::1")
         if self.backend == "smtp" and self.security == "none" and not loopback:
@@ -165,6 +174,8 @@ class Settings(_Section):
     council: CouncilSettings = CouncilSettings()
     poller: PollerSettings = PollerSettings()
     limits: LimitsSettings = LimitsSettings()
+    oauth2: OAuth2Settings = OAuth2Settings()
+    web: WebSettings = WebSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @model_validator(mode="after")

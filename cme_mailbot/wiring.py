@@ -8,6 +8,7 @@ from cme_mailbot.config import Settings, secret
 from cme_mailbot.db import create_all, make_engine
 from cme_mailbot.mailbox import Mailbox
 from cme_mailbot.mailbox.maildir import MaildirMailbox
+from cme_mailbot.oauth import TokenProvider
 from cme_mailbot.transport import Transport
 from cme_mailbot.transport.outbox import OutboxTransport
 from cme_mailbot.transport.smtp import SmtpTransport
@@ -25,20 +26,23 @@ def open_mailbox(settings: Settings) -> Mailbox:
         return MaildirMailbox(mb.path, mb.folder, mb.max_message_bytes)
     from cme_mailbot.mailbox.imap import ImapMailbox
 
-    password = None if mb.auth == "oauth2" else secret(mb.password_env, "mailbox.password_env")
-    return ImapMailbox(mb, password)
+    if mb.auth == "oauth2":
+        return ImapMailbox(mb, None, token_provider=TokenProvider.from_settings(settings.oauth2))
+    return ImapMailbox(mb, secret(mb.password_env, "mailbox.password_env"))
 
 
 def open_transport(settings: Settings) -> Transport:
     ob = settings.outbound
     if ob.backend == "outbox":
         return OutboxTransport(ob.path)
+    oauth2 = ob.auth == "oauth2"
     return SmtpTransport(
         ob.host,
         ob.port,
         ob.security,
         username=ob.username,
-        password=secret(ob.password_env, "outbound.password_env"),
+        password=None if oauth2 else secret(ob.password_env, "outbound.password_env"),
+        oauth2_token=TokenProvider.from_settings(settings.oauth2) if oauth2 else None,
         timeout=ob.timeout_seconds,
         ca_file=ob.ca_file,
     )

@@ -24,6 +24,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginEr
 
 from cme_mailbot.config import MailboxSettings
 from cme_mailbot.mailbox import MailboxError, MailboxMessage
+from cme_mailbot.oauth import OAuth2Error
 
 log = structlog.get_logger("cme_mailbot.mailbox.imap")
 
@@ -338,9 +339,10 @@ class ImapMailbox:
         try:
             return self._token_provider()
         except Exception as exc:
+            # OAuth2Error's text is safe to show (an AADSTS code, never the secret).
+            reason = str(exc) if isinstance(exc, OAuth2Error) else type(exc).__name__
             raise MailboxError(
-                f"IMAP login on {self.account}: could not obtain an OAuth2 token "
-                f"({type(exc).__name__})"
+                f"IMAP login on {self.account}: could not obtain an OAuth2 token ({reason})"
             ) from None
 
     def _discover_hierarchy(self) -> None:
