@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
 from cme_mailbot import models  # noqa: F401  (registers the tables)
+from cme_mailbot.web import models as web_models  # noqa: F401  (the console's tables)
 
 
 def make_engine(url: str) -> Engine:
