@@ -22,6 +22,7 @@ from cme_mailbot import queries
 from cme_mailbot.config import ConfigError, Settings, load_settings
 from cme_mailbot.db import session_scope
 from cme_mailbot.logging import configure_logging
+from cme_mailbot.models import InboundMessage
 from cme_mailbot.schema import default_schema
 
 log = structlog.get_logger("cme_mailbot.cli")
@@ -68,30 +69,62 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
 # ---- the poller -----------------------------------------------------------------------------
 
 
-def _pipeline(c: Ctx) -> Any:
+def _pipelines(c: Ctx, scope: str | None = None) -> list[Any]:
+    """One pipeline per mailbox served ([mailbox], or each [[mailboxes]] entry)."""
     from cme_mailbot.pipeline import Pipeline
     from cme_mailbot.sandbox import sandboxed_reader
     from cme_mailbot.wiring import open_mailbox, open_transport
 
-    s = c.settings
-    return Pipeline(
-        c.engine(), s, open_mailbox(s), open_transport(s), form_reader=sandboxed_reader(s.limits)
-    )
+    engine = c.engine()
+    out = []
+    for profile in c.settings.profiles():
+        if scope is not None and profile.name != scope:
+            continue
+        s = profile.settings
+        out.append(
+            Pipeline(
+                engine,
+                s,
+                open_mailbox(s),
+                open_transport(s),
+                form_reader=sandboxed_reader(s.limits),
+                scope=profile.name,
+            )
+        )
+    if not out:
+        fail(f"no mailbox named {scope!r} in the configuration")
+    return out
+
+
+def _pipeline(c: Ctx, scope: str | None = None) -> Any:
+    return _pipelines(c, scope)[0]
+
+
+def _close(pipelines: list[Any]) -> None:
+    for p in pipelines:
+        p.mailbox.close()
+        p.transport.close()
+        close = getattr(p.read_form, "close", None)
+        if callable(close):
+            close()
 
 
 @cli.command()
 @click.option("--once", is_flag=True, required=True, help="One pass over the mailbox, then exit.")
 @click.pass_obj
 def poll(c: Ctx, once: bool) -> None:
-    """One pass over the mailbox; prints a summary."""
-    pipeline = _pipeline(c)
+    """One pass over every mailbox; prints progress and a summary."""
+    pipelines = _pipelines(c)
+    failed = False
     try:
-        summary = pipeline.poll_once(progress=lambda line: click.echo(line, err=True))
+        for p in pipelines:
+            prefix = f"{p.scope}: " if len(pipelines) > 1 else ""
+            summary = p.poll_once(progress=lambda line, pre=prefix: _stderr(pre + line))
+            click.echo(prefix + summary.line())
+            failed = failed or bool(summary.errors)
     finally:
-        pipeline.mailbox.close()
-        pipeline.transport.close()
-    click.echo(summary.line())
-    if summary.errors:
+        _close(pipelines)
+    if failed:
         sys.exit(1)
 
 
@@ -99,14 +132,36 @@ def poll(c: Ctx, once: bool) -> None:
 @click.pass_obj
 def run(c: Ctx) -> None:
     """The scheduled poller, until SIGTERM/SIGINT (finishes the message in hand, exits 0)."""
-    from cme_mailbot.poller import Poller
+    from cme_mailbot.poller import Poller, run_pollers
 
-    pipeline = _pipeline(c)
+    pipelines = _pipelines(c)
     try:
-        Poller(pipeline, c.settings.poller.interval_seconds, echo=_stderr).run()
+        run_pollers(
+            [Poller(p, p.settings.poller.interval_seconds, echo=_stderr) for p in pipelines]
+        )
     finally:
-        pipeline.mailbox.close()
-        pipeline.transport.close()
+        _close(pipelines)
+
+
+@cli.command()
+@click.option(
+    "--max-missed",
+    type=click.IntRange(1, 1000),
+    default=3,
+    show_default=True,
+    help="Unhealthy when the last successful poll is older than this many intervals.",
+)
+@click.pass_obj
+def health(c: Ctx, max_missed: int) -> None:
+    """Exit 0 when every mailbox was polled recently and its login works; else exit 1."""
+    from cme_mailbot.health import check
+
+    with Session(c.engine()) as s:
+        report = check(s, c.settings, max_missed)
+    for line in report.lines:
+        click.echo(line)
+    if not report.healthy:
+        sys.exit(1)
 
 
 def _stderr(line: str) -> None:
@@ -156,16 +211,27 @@ def contacts() -> None:
     """The approved-sender list."""
 
 
+SCOPE = click.option(
+    "--scope",
+    default="default",
+    show_default=True,
+    help="Whose list: a [[mailboxes]] entry's name (one [mailbox]: 'default').",
+)
+
+
 @contacts.command("add")
 @click.argument("email")
 @click.option("--school-urn", required=True, help="The school's 6-digit URN.")
 @click.option("--school-name", default=None)
+@SCOPE
 @click.pass_obj
-def contacts_add(c: Ctx, email: str, school_urn: str, school_name: str | None) -> None:
+def contacts_add(c: Ctx, email: str, school_urn: str, school_name: str | None, scope: str) -> None:
     """Approve EMAIL to refer for a school."""
     try:
         with session_scope(c.engine()) as s:
-            added = contacts_mod.add_contact(s, email, school_urn, school_name)
+            added = contacts_mod.add_contact(
+                s, email, school_urn, school_name, actor=_actor(), scope=scope
+            )
     except contacts_mod.ContactError as exc:
         fail(str(exc))
     what = "added" if added else "already approved"
@@ -174,12 +240,13 @@ def contacts_add(c: Ctx, email: str, school_urn: str, school_name: str | None) -
 
 @contacts.command("remove")
 @click.argument("email")
+@SCOPE
 @click.pass_obj
-def contacts_remove(c: Ctx, email: str) -> None:
+def contacts_remove(c: Ctx, email: str, scope: str) -> None:
     """Remove EMAIL from the approved list."""
     try:
         with session_scope(c.engine()) as s:
-            removed = contacts_mod.remove_contact(s, email)
+            removed = contacts_mod.remove_contact(s, email, actor=_actor(), scope=scope)
     except contacts_mod.ContactError as exc:
         fail(str(exc))
     if not removed:
@@ -189,11 +256,12 @@ def contacts_remove(c: Ctx, email: str) -> None:
 
 @contacts.command("list")
 @click.option("--json", "as_json", is_flag=True)
+@SCOPE
 @click.pass_obj
-def contacts_list(c: Ctx, as_json: bool) -> None:
+def contacts_list(c: Ctx, as_json: bool, scope: str) -> None:
     """List approved contacts and their schools."""
     with Session(c.engine()) as s:
-        rows = contacts_mod.list_contacts(s)
+        rows = contacts_mod.list_contacts(s, scope)
     if as_json:
         click.echo(json.dumps([{"email": r.email, "schools": r.schools} for r in rows], indent=2))
         return
@@ -204,8 +272,9 @@ def contacts_list(c: Ctx, as_json: bool) -> None:
 
 @contacts.command("import")
 @click.argument("csv_path", type=click.Path(path_type=Path, dir_okay=False))
+@SCOPE
 @click.pass_obj
-def contacts_import(c: Ctx, csv_path: Path) -> None:
+def contacts_import(c: Ctx, csv_path: Path, scope: str) -> None:
     """Import rows of email,school_urn[,school_name] from a CSV file."""
     try:
         text = csv_path.read_text(encoding="utf-8-sig")
@@ -215,7 +284,7 @@ def contacts_import(c: Ctx, csv_path: Path) -> None:
         fail(f"{csv_path} is not UTF-8 text")
     try:
         with session_scope(c.engine()) as s:
-            added, unchanged = contacts_mod.import_csv(s, text)
+            added, unchanged = contacts_mod.import_csv(s, text, actor=_actor(), scope=scope)
     except contacts_mod.ContactError as exc:
         fail(f"{csv_path}: {exc}; nothing imported")
     click.echo(f"imported: {added} added, {unchanged} already approved")
@@ -361,14 +430,17 @@ def quarantine_release(c: Ctx, message_id: int, reason: str, trust_sender: bool)
     """Process a quarantined message again (e.g. after adding an approved contact)."""
     from cme_mailbot import quarantine as q
 
-    pipeline = _pipeline(c)
+    pipelines = _pipelines(c)
+    with Session(pipelines[0].engine) as s:
+        row = s.get(InboundMessage, message_id)
+        account = row.account if row else None
+    pipeline = next((p for p in pipelines if p.mailbox.account == account), pipelines[0])
     try:
         outcome = q.release(pipeline, message_id, _actor(), reason, trust_sender=trust_sender)
     except q.QuarantineError as exc:
         fail(str(exc))
     finally:
-        pipeline.mailbox.close()
-        pipeline.transport.close()
+        _close(pipelines)
     click.echo(f"released #{message_id}: {outcome}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -68,6 +69,31 @@ class MailboxSettings(_Section):
             if self.security == "none" and self.host not in ("127.0.0.1", "localhost", "::1"):
                 raise ValueError("security: 'none' is allowed only for a loopback host")
         return self
+
+
+class MailboxEntry(MailboxSettings):
+    """One of several mailboxes served by one process (`[[mailboxes]]`), e.g. a shared service
+    for several councils: its own folders, approved list (`name`), reply address and contacts."""
+
+    name: str
+    from_address: str | None = None
+    from_name: str | None = None
+    council_name: str | None = None
+    team_phone: str | None = None
+    alert_to: tuple[str, ...] | None = None
+    mash_phone: str | None = None
+    mash_email: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or not all(ch.isalnum() or ch in "-_." for ch in v):
+            raise ValueError("letters, digits, '-', '_' and '.' only")
+        return v
+
+    def mailbox(self) -> MailboxSettings:
+        keys = set(MailboxSettings.model_fields)
+        return MailboxSettings(**{k: v for k, v in self.model_dump().items() if k in keys})
 
 
 class OutboundSettings(_Section):
@@ -177,6 +203,7 @@ class Settings(_Section):
     oauth2: OAuth2Settings = OAuth2Settings()
     web: WebSettings = WebSettings()
     logging: LoggingSettings = LoggingSettings()
+    mailboxes: tuple[MailboxEntry, ...] = ()
 
     @model_validator(mode="after")
     def _trust_needs_ids(self) -> Settings:
@@ -186,7 +213,61 @@ class Settings(_Section):
                 "sender_auth.trusted_authserv_ids: needs your border MTA's authserv-id "
                 "when require = true"
             )
+        if self.mailboxes and "mailbox" in self.model_fields_set:
+            raise ValueError("mailboxes: use either one [mailbox] or several [[mailboxes]]")
+        names = [m.name for m in self.mailboxes]
+        if len(set(names)) != len(names):
+            raise ValueError("mailboxes: each entry needs its own name")
         return self
+
+    def profiles(self) -> list[Profile]:
+        """One complete settings view per mailbox this process serves."""
+        if not self.mailboxes:
+            return [Profile("default", self)]
+        out = []
+        for entry in self.mailboxes:
+            sg, council, ob = self.safeguarding, self.council, self.outbound
+            out.append(
+                Profile(
+                    entry.name,
+                    self.model_copy(
+                        update={
+                            "mailbox": entry.mailbox(),
+                            "outbound": ob.model_copy(
+                                update={
+                                    "from_address": entry.from_address or ob.from_address,
+                                    "from_name": entry.from_name or ob.from_name,
+                                }
+                            ),
+                            "council": council.model_copy(
+                                update={
+                                    "name": entry.council_name or council.name,
+                                    "team_phone": entry.team_phone or council.team_phone,
+                                }
+                            ),
+                            "safeguarding": sg.model_copy(
+                                update={
+                                    "alert_to": sg.alert_to
+                                    if entry.alert_to is None
+                                    else entry.alert_to,
+                                    "mash_phone": entry.mash_phone or sg.mash_phone,
+                                    "mash_email": entry.mash_email or sg.mash_email,
+                                }
+                            ),
+                            "mailboxes": (),
+                        }
+                    ),
+                )
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A mailbox and the settings it runs with; `name` scopes its approved-sender list."""
+
+    name: str
+    settings: Settings
 
 
 EMBEDDED = Settings(sender_auth=SenderAuthSettings(require=False))

@@ -39,18 +39,35 @@ def normalise_urn(urn: str) -> str:
     return urn
 
 
-def schools_of(session: Session, address: str) -> frozenset[str]:
-    """The URNs an address may refer for; empty when it is not approved."""
+DEFAULT_SCOPE = "default"
+
+
+def _find(session: Session, email: str, scope: str) -> ApprovedContact | None:
+    return session.exec(
+        select(ApprovedContact)
+        .where(ApprovedContact.email == email)
+        .where(ApprovedContact.scope == scope)
+    ).first()
+
+
+def schools_of(session: Session, address: str, scope: str = DEFAULT_SCOPE) -> frozenset[str]:
+    """The URNs an address may refer for in a mailbox's list; empty when it is not approved."""
     rows = session.exec(
         select(ContactSchool.school_urn)
         .join(ApprovedContact, col(ApprovedContact.id) == col(ContactSchool.contact_id))
         .where(ApprovedContact.email == address.strip().lower())
+        .where(ApprovedContact.scope == scope)
     ).all()
     return frozenset(rows)
 
 
 def add_contact(
-    session: Session, email: str, urn: str, school_name: str | None = None, actor: str = "cli"
+    session: Session,
+    email: str,
+    urn: str,
+    school_name: str | None = None,
+    actor: str = "cli",
+    scope: str = DEFAULT_SCOPE,
 ) -> bool:
     """Approve `email` for school `urn`. False when it already was."""
     email, urn = normalise_email(email), normalise_urn(urn)
@@ -60,22 +77,27 @@ def add_contact(
     elif school_name and school.name != school_name:
         school.name = school_name
         session.add(school)
-    contact = session.exec(select(ApprovedContact).where(ApprovedContact.email == email)).first()
+    contact = _find(session, email, scope)
     if contact is None:
-        contact = ApprovedContact(email=email)
+        contact = ApprovedContact(email=email, scope=scope)
         session.add(contact)
         session.flush()
     assert contact.id is not None
     if session.get(ContactSchool, (contact.id, urn)) is not None:
         return False
     session.add(ContactSchool(contact_id=contact.id, school_urn=urn))
-    session.add(AuditEvent(actor=actor, action="contact.add", target=email, detail=f"URN {urn}"))
+    where = "" if scope == DEFAULT_SCOPE else f" (list {scope})"
+    session.add(
+        AuditEvent(actor=actor, action="contact.add", target=email, detail=f"URN {urn}{where}")
+    )
     return True
 
 
-def remove_contact(session: Session, email: str, actor: str = "cli") -> bool:
+def remove_contact(
+    session: Session, email: str, actor: str = "cli", scope: str = DEFAULT_SCOPE
+) -> bool:
     email = normalise_email(email)
-    contact = session.exec(select(ApprovedContact).where(ApprovedContact.email == email)).first()
+    contact = _find(session, email, scope)
     if contact is None:
         return False
     for link in session.exec(
@@ -84,13 +106,19 @@ def remove_contact(session: Session, email: str, actor: str = "cli") -> bool:
         session.delete(link)
     session.flush()  # the links go before the contact they point at
     session.delete(contact)
-    session.add(AuditEvent(actor=actor, action="contact.remove", target=email))
+    detail = "" if scope == DEFAULT_SCOPE else f"list {scope}"
+    session.add(AuditEvent(actor=actor, action="contact.remove", target=email, detail=detail))
     return True
 
 
-def list_contacts(session: Session) -> list[ContactView]:
+def list_contacts(session: Session, scope: str = DEFAULT_SCOPE) -> list[ContactView]:
     out: list[ContactView] = []
-    for contact in session.exec(select(ApprovedContact).order_by(col(ApprovedContact.email))):
+    query = (
+        select(ApprovedContact)
+        .where(ApprovedContact.scope == scope)
+        .order_by(col(ApprovedContact.email))
+    )
+    for contact in session.exec(query):
         rows = session.exec(
             select(School)
             .join(ContactSchool, col(ContactSchool.school_urn) == col(School.urn))
@@ -101,7 +129,9 @@ def list_contacts(session: Session) -> list[ContactView]:
     return out
 
 
-def import_csv(session: Session, text: str, actor: str = "cli") -> tuple[int, int]:
+def import_csv(
+    session: Session, text: str, actor: str = "cli", scope: str = DEFAULT_SCOPE
+) -> tuple[int, int]:
     """Rows of email, school_urn[, school_name] (header optional). Returns (added, unchanged).
 
     The whole file is checked first: one bad row and nothing is imported.
@@ -123,5 +153,5 @@ def import_csv(session: Session, text: str, actor: str = "cli") -> tuple[int, in
             )
         except ContactError as exc:
             raise ContactError(f"row {n}: {exc}") from None
-    added = sum(add_contact(session, e, u, n, actor=actor) for e, u, n in parsed)
+    added = sum(add_contact(session, e, u, n, actor=actor, scope=scope) for e, u, n in parsed)
     return added, len(parsed) - added

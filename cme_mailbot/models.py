@@ -85,10 +85,17 @@ class School(SQLModel, table=True):
 
 
 class ApprovedContact(SQLModel, table=True):
-    """An address allowed to refer, tied to one or more schools through ContactSchool."""
+    """An address allowed to refer, tied to one or more schools through ContactSchool.
+
+    `scope` names the mailbox whose list it is on ("default" for the single [mailbox]; the
+    `name` of a [[mailboxes]] entry for a shared service running several councils' mailboxes).
+    """
+
+    __table_args__ = (UniqueConstraint("scope", "email"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    email: str = Field(index=True, unique=True)  # addr-spec, lower-cased
+    scope: str = Field(default="default", index=True)
+    email: str = Field(index=True)  # addr-spec, lower-cased
     created_at: datetime = _ts(default_factory=utcnow)
 
 
@@ -248,3 +255,6 @@ class PollerStatus(SQLModel, table=True):
     last_success_at: datetime | None = _ts(default=None)
     last_error_at: datetime | None = _ts(default=None)
     last_error: str | None = None
+    auth_failing: bool = False  # the last attempt was refused our credentials
+    last_duration_seconds: float | None = None  # how long the last successful pass took
+    last_backlog: int = 0  # messages found waiting at the start of the last pass

@@ -13,6 +13,7 @@ import hashlib
 import os
 import socket
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ from cme_mailbot import forms as forms_pkg
 from cme_mailbot.config import Settings
 from cme_mailbot.contacts import schools_of
 from cme_mailbot.db import session_scope
-from cme_mailbot.mailbox import Mailbox, MailboxError, MailboxMessage
+from cme_mailbot.mailbox import Mailbox, MailboxAuthError, MailboxError, MailboxMessage
 from cme_mailbot.models import (
     InboundMessage,
     MessageBlob,
@@ -131,9 +132,11 @@ class Pipeline:
         form_reader: FormReader | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
         instance: str | None = None,
+        scope: str = "default",
     ):
         self.engine = engine
         self.settings = settings
+        self.scope = scope  # whose approved list (a [[mailboxes]] entry's name)
         self.mailbox = mailbox
         self.transport = transport
         self.rulebook = rulebook or default_rulebook()
@@ -152,6 +155,7 @@ class Pipeline:
     def poll_once(self, progress: Callable[[str], None] | None = None) -> PollSummary:
         summary = PollSummary()
         sent_before = self.sent_total
+        started = time.monotonic()
         try:
             self.refile_decided()
             known = self._known_locations()
@@ -165,11 +169,11 @@ class Pipeline:
                     summary.outcomes[outcome.value] += 1
                     if progress:
                         progress(f"message {summary.done}: {outcome.value}")
-            self._record_poll(error=None)
+            self._record_poll(None, time.monotonic() - started, summary.new)
         except MailboxError as exc:
             summary.errors.append(str(exc))
             log.error("mailbox_error", error=str(exc))
-            self._record_poll(error=str(exc))
+            self._record_poll(exc, None, summary.new)
         _sent, summary.replies_waiting = self.drain_outbox()
         summary.replies_sent = self.sent_total - sent_before
         return summary
@@ -193,17 +197,22 @@ class Pipeline:
             if state != MessageState.CLAIMED or (lease is not None and lease > now)
         )
 
-    def _record_poll(self, error: str | None) -> None:
+    def _record_poll(
+        self, error: MailboxError | None, duration: float | None, backlog: int
+    ) -> None:
         now = self.clock()
         try:
             with session_scope(self.engine) as s:
                 row = s.get(PollerStatus, self.mailbox.account) or PollerStatus(
                     account=self.mailbox.account
                 )
+                row.last_backlog = backlog
                 if error is None:
-                    row.last_success_at = now
+                    row.last_success_at, row.auth_failing = now, False
+                    row.last_duration_seconds = duration
                 else:
-                    row.last_error_at, row.last_error = now, error[:500]
+                    row.last_error_at, row.last_error = now, str(error)[:500]
+                    row.auth_failing = isinstance(error, MailboxAuthError)
                 s.add(row)
         except IntegrityError:
             pass  # another instance wrote it at the same moment
@@ -438,7 +447,7 @@ class Pipeline:
 
     def _schools(self, sender: str) -> frozenset[str]:
         with Session(self.engine) as s:
-            return schools_of(s, sender)
+            return schools_of(s, sender, self.scope)
 
     def _quarantine_verdict(self, raw: bytes, detail: str) -> _Verdict:
         """Quarantine; acknowledge only to a sender shown genuine and approved."""

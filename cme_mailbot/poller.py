@@ -87,25 +87,35 @@ class Poller:
         self.pipeline.stop_requested.set()
 
     def run(self) -> None:
-        scheduler = BlockingScheduler()
+        run_pollers([self])
 
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            log.info("stopping", signal=signal.Signals(signum).name)
-            self.request_stop()
-            # Waits for the cycle in hand: the current message finishes, then it returns.
-            scheduler.shutdown(wait=True)
 
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+def run_pollers(pollers: list[Poller]) -> None:
+    """One process, one scheduler, one job per mailbox; SIGTERM/SIGINT stops them all."""
+    scheduler = BlockingScheduler(
+        executors={"default": {"type": "threadpool", "max_workers": max(len(pollers), 1)}}
+    )
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        for poller in pollers:
+            poller.request_stop()
+        # Waits for the cycles in hand: the current messages finish, then it returns.
+        scheduler.shutdown(wait=True)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for poller in pollers:
         scheduler.add_job(
-            self.cycle,
+            poller.cycle,
             "interval",
-            seconds=self.interval,
+            seconds=poller.interval,
             max_instances=1,
             coalesce=True,
             misfire_grace_time=None,
             next_run_time=dt.datetime.now(dt.UTC),
+            id=poller.pipeline.mailbox.account,
         )
-        log.info("running", interval=self.interval)
-        scheduler.start()
-        log.info("stopped")
+    log.info("running", mailboxes=len(pollers))
+    scheduler.start()
+    log.info("stopped")

@@ -6,7 +6,7 @@ from sqlalchemy.engine import Engine
 
 from cme_mailbot.config import Settings, secret
 from cme_mailbot.db import create_all, make_engine
-from cme_mailbot.mailbox import Mailbox
+from cme_mailbot.mailbox import Mailbox, imap_account, maildir_account
 from cme_mailbot.mailbox.maildir import MaildirMailbox
 from cme_mailbot.oauth import TokenProvider
 from cme_mailbot.transport import Transport
@@ -29,6 +29,14 @@ def open_mailbox(settings: Settings) -> Mailbox:
     if mb.auth == "oauth2":
         return ImapMailbox(mb, None, token_provider=TokenProvider.from_settings(settings.oauth2))
     return ImapMailbox(mb, secret(mb.password_env, "mailbox.password_env"))
+
+
+def mailbox_account(settings: Settings) -> str:
+    """The ledger name of the configured mailbox, without connecting to it."""
+    mb = settings.mailbox
+    if mb.backend == "maildir":
+        return maildir_account(mb.path)
+    return imap_account(mb.username, mb.host, mb.port)
 
 
 def open_transport(settings: Settings) -> Transport:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
+from typing import Any
 
-from cme_mailbot.config import EMBEDDED, Settings, load_settings
+from cme_mailbot.config import EMBEDDED, MailboxEntry, MailboxSettings, Settings, load_settings
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 
@@ -23,15 +24,17 @@ def test_example_config_documents_every_key() -> None:
     documented: dict[str, set[str]] = {}
     section = ""
     for line in text.splitlines():
-        if m := re.match(r"^\[(\w+)\]", line):
+        if m := re.match(r"^#?\s*\[\[?(\w+)\]\]?", line):
             section = m.group(1)
             documented[section] = set()
         elif m := re.match(r"^#?\s*(\w+)\s*=", line):
             documented.setdefault(section, set()).add(m.group(1))
     for name, field in Settings.model_fields.items():
-        model = field.annotation
+        model: Any = MailboxEntry if name == "mailboxes" else field.annotation
         assert model is not None
-        keys = set(model.model_fields)  # type: ignore[union-attr]
+        keys = set(model.model_fields)
+        if name == "mailboxes":  # the [mailbox] keys apply and are documented there
+            keys -= set(MailboxSettings.model_fields)
         assert keys <= documented.get(name, set()), (name, keys - documented.get(name, set()))
     tomllib.loads(text)
 

@@ -4,11 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 
 class MailboxError(Exception):
     """A mailbox operation failed (connection, protocol); the poller reconnects and retries."""
+
+
+class MailboxAuthError(MailboxError):
+    """The server refused our credentials (or no token could be had): health checks fail."""
+
+
+def imap_account(username: str, host: str, port: int) -> str:
+    """The ledger name of an IMAP mailbox (no secrets)."""
+    return f"imap://{username}@{host}:{port}"
+
+
+def maildir_account(path: Path) -> str:
+    """The ledger name of a Maildir."""
+    return f"maildir:{Path(path).resolve()}"
 
 
 @dataclass(frozen=True)

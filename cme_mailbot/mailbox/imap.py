@@ -23,7 +23,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError, ProtocolError
 
 from cme_mailbot.config import MailboxSettings
-from cme_mailbot.mailbox import MailboxError, MailboxMessage
+from cme_mailbot.mailbox import MailboxAuthError, MailboxError, MailboxMessage, imap_account
 from cme_mailbot.oauth import OAuth2Error
 
 log = structlog.get_logger("cme_mailbot.mailbox.imap")
@@ -78,7 +78,7 @@ class ImapMailbox:
     @property
     def account(self) -> str:
         s = self._settings
-        return f"imap://{s.username}@{s.host}:{s.port}"
+        return imap_account(s.username, s.host, s.port)
 
     @property
     def folder(self) -> str:
@@ -267,7 +267,8 @@ class ImapMailbox:
             raise
         except (IMAPClientError, OSError) as exc:
             self._drop()
-            raise MailboxError(
+            error = MailboxAuthError if isinstance(exc, LoginError) else MailboxError
+            raise error(
                 f"IMAP {action} failed on {self.account}: {self._describe(exc)}"
             ) from (exc if isinstance(exc, OSError) else None)
 
@@ -341,7 +342,7 @@ class ImapMailbox:
         except Exception as exc:
             # OAuth2Error's text is safe to show (an AADSTS code, never the secret).
             reason = str(exc) if isinstance(exc, OAuth2Error) else type(exc).__name__
-            raise MailboxError(
+            raise MailboxAuthError(
                 f"IMAP login on {self.account}: could not obtain an OAuth2 token ({reason})"
             ) from None
 

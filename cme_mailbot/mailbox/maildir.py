@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from cme_mailbot.mailbox import MailboxMessage
+from cme_mailbot.mailbox import MailboxMessage, maildir_account
 
 
 def _subfolder_name(folder: str) -> str:
@@ -36,7 +36,7 @@ class MaildirMailbox:
 
     @property
     def account(self) -> str:
-        return f"maildir:{self._path}"
+        return maildir_account(self._path)
 
     @property
     def folder(self) -> str:

@@ -24,7 +24,7 @@ from cme_mailbot.config import Settings
 from cme_mailbot.db import create_all, session_scope
 from cme_mailbot.models import utcnow
 from cme_mailbot.pipeline import Pipeline
-from cme_mailbot.web import auth
+from cme_mailbot.web import auth, ops
 from cme_mailbot.web import models as _models  # noqa: F401  (registers the console's tables)
 from cme_mailbot.web.page import Console, Ctx, day, error_page, london
 from cme_mailbot.web.settings import web_settings
@@ -98,7 +98,7 @@ def _default_pipeline(settings: Settings, engine: Engine) -> Callable[[], Pipeli
 
 def routes() -> list[BaseRoute]:
     out: list[BaseRoute] = []
-    for module in (signin, dashboard, contacts, referrals, quarantine, users, audit):
+    for module in (signin, dashboard, contacts, referrals, quarantine, users, audit, ops):
         out.extend(module.ROUTES)
     out.append(Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"))
     return out

@@ -24,6 +24,9 @@ class WebSettings(BaseModel):
     page_size: int = Field(default=50, ge=5, le=500)
     max_upload_bytes: int = Field(default=1024 * 1024, ge=1024)  # contacts CSV upload
     min_password_length: int = Field(default=12, ge=8)
+    # /metrics answers a request bearing this token (from the named environment variable),
+    # or, with none configured, only direct requests from this machine (no proxy headers).
+    metrics_token_env: str | None = None
 
 
 def web_settings(settings: Any) -> WebSettings:
