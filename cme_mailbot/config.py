@@ -42,6 +42,12 @@ class DatabaseSettings(_Section):
         return v
 
 
+def _plain_only_on_loopback(host: str, security: str) -> None:
+    """Children's data never cross a network in clear text."""
+    if security == "none" and host not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError("security: 'none' is allowed only for a loopback host")
+
+
 class MailboxSettings(_Section):
     backend: Literal["imap", "maildir"] = "maildir"
     path: Path = Path("var/mailbox")
@@ -66,8 +72,7 @@ class MailboxSettings(_Section):
         if self.backend == "imap":
             if not self.username:
                 raise ValueError("username: required for the imap backend")
-            if self.security == "none" and self.host not in ("127.0.0.1", "localhost", "::1"):
-                raise ValueError("security: 'none' is allowed only for a loopback host")
+            _plain_only_on_loopback(self.host, self.security)
         return self
 
 
@@ -128,9 +133,8 @@ class OutboundSettings(_Section):
                 raise ValueError("password_env: not used when auth = oauth2; remove it")
         elif (self.username is None) != (self.password_env is None):
             raise ValueError("username and password_env go together: set both or neither")
-        loopback = self.host in ("127.0.0.1", "localhost", "::1")
-        if self.backend == "smtp" and self.security == "none" and not loopback:
-            raise ValueError("security: 'none' is allowed only for a loopback host")
+        if self.backend == "smtp":
+            _plain_only_on_loopback(self.host, self.security)
         return self
 
 
