@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit install clean bench
+.PHONY: demo test lint typecheck unit unit-pg install clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,11 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
-test: lint typecheck unit
+# The same suite on PostgreSQL: tests/pg.py starts a throw-away server on 127.0.0.1.
+unit-pg: $(STAMP)
+	CME_TEST_DATABASE=postgresql $(BIN)/pytest
+
+test: lint typecheck unit unit-pg
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

@@ -22,6 +22,7 @@ from cme_mailbot import queries
 from cme_mailbot.config import ConfigError, Settings, load_settings
 from cme_mailbot.db import session_scope
 from cme_mailbot.logging import configure_logging
+from cme_mailbot.migrate_cli import db
 from cme_mailbot.models import InboundMessage
 from cme_mailbot.schema import default_schema
 
@@ -64,6 +65,9 @@ def fail(message: str) -> NoReturn:
 def cli(ctx: click.Context, config_path: Path | None) -> None:
     """Runs a council's Children Missing Education referral mailbox."""
     ctx.obj = Ctx(config_path)
+
+
+cli.add_command(db)
 
 
 # ---- the poller -----------------------------------------------------------------------------

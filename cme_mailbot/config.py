@@ -33,6 +33,8 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 
 class DatabaseSettings(_Section):
     url: str = "sqlite:///var/cme-mailbot.db"
+    # Upgrade an older schema at start-up; unset means yes for SQLite, no for PostgreSQL.
+    auto_upgrade: bool | None = None
 
     @field_validator("url")
     @classmethod

@@ -14,6 +14,15 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import JSON, TypeDecorator
 from sqlmodel import Field, SQLModel
 
+# Constraint names are part of the schema's history: migrations drop and alter them by name, and
+# SQLite's batch migrations cannot drop an unnamed one. These are the names migration 0001 uses.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+}
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)

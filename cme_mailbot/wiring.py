@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.engine import Engine
 
 from cme_mailbot.config import Settings, secret
-from cme_mailbot.db import create_all, make_engine
+from cme_mailbot.db import make_engine
 from cme_mailbot.mailbox import Mailbox, imap_account, maildir_account
 from cme_mailbot.mailbox.maildir import MaildirMailbox
 from cme_mailbot.oauth import TokenProvider
@@ -15,8 +15,15 @@ from cme_mailbot.transport.smtp import SmtpTransport
 
 
 def open_database(settings: Settings) -> Engine:
+    """The engine, once the schema is the one this version needs (cme_mailbot.migrate)."""
+    from cme_mailbot.migrate import prepare_database
+
     engine = make_engine(settings.database.url)
-    create_all(engine)
+    try:
+        prepare_database(engine, auto_upgrade=settings.database.auto_upgrade)
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
 
 

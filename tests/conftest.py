@@ -21,11 +21,11 @@ from cme_mailbot.mailbox.maildir import MaildirMailbox
 from cme_mailbot.samples import AUTHSERV_ID, SAMPLE_SCHOOL, SAMPLE_SENDER, SAMPLE_URN
 
 # Real servers (Dovecot, SMTP) for any test that asks for them.
-pytest_plugins = ["tests.servers"]
+pytest_plugins = ["tests.servers", "tests.pg"]
 
 CONFIG = """\
 [database]
-url = "sqlite:///{root}/cme.db"
+url = "{database_url}"
 
 [mailbox]
 backend = "maildir"
@@ -107,11 +107,13 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment(tmp_path: Path) -> Deployment:
+def deployment(tmp_path: Path, database_url: str) -> Deployment:
+    """On SQLite, or on a fresh PostgreSQL database when CME_TEST_DATABASE=postgresql."""
     root = tmp_path / "cme"
     root.mkdir()
     config = root / "config.toml"
-    config.write_text(CONFIG.format(root=root, authserv=AUTHSERV_ID), encoding="utf-8")
+    text = CONFIG.format(root=root, authserv=AUTHSERV_ID, database_url=database_url)
+    config.write_text(text, encoding="utf-8")
     d = Deployment(root, config)
     d.cli("contacts", "add", SAMPLE_SENDER, "--school-urn", SAMPLE_URN, "--school-name",
           SAMPLE_SCHOOL)  # fmt: skip

@@ -21,7 +21,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cme_mailbot.config import Settings
-from cme_mailbot.db import create_all, session_scope
+from cme_mailbot.db import session_scope
+from cme_mailbot.migrate import prepare_database
 from cme_mailbot.models import utcnow
 from cme_mailbot.pipeline import Pipeline
 from cme_mailbot.web import auth, ops
@@ -117,7 +118,7 @@ def create_app(
 
         engine = open_database(settings)
     else:
-        create_all(engine)
+        prepare_database(engine, auto_upgrade=settings.database.auto_upgrade)
     web = web_settings(settings)
     console = Console(
         settings=settings,

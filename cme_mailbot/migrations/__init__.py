@@ -1,0 +1,1 @@
+"""Alembic migrations for the cme-mailbot schema; applied by `cme_mailbot.migrate`."""
