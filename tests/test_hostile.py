@@ -373,3 +373,15 @@ def test_the_cli_survives_the_whole_corpus_in_one_pass(
 
 def good_pdf() -> bytes:
     return fill_pdf(referral_values(dt.date.today()))
+
+
+def test_nul_bytes_in_headers_never_reach_the_database() -> None:
+    from cme_mailbot.stages.parse import parse_message
+
+    raw = (
+        b"From: Office <office\x00@school.example.uk>\r\nSubject: CME\x00 referral\r\n"
+        b"Message-ID: <abc\x00def@school.example.uk>\r\n\r\nbody\r\n"
+    )
+    parsed = parse_message(raw)
+    for text in (parsed.subject, parsed.message_id or "", *parsed.from_addresses):
+        assert "\x00" not in text

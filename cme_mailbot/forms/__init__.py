@@ -84,4 +84,6 @@ def read_form(filename: str, content_type: str, data: bytes) -> ExtractedForm | 
     fields = read_pdf(data) if fmt == "pdf" else read_docx(data)
     if not fields:
         return None
+    # A NUL has no meaning in a form and cannot be stored in PostgreSQL text.
+    fields = {k: v.replace("\x00", "") for k, v in fields.items() if v.replace("\x00", "")}
     return ExtractedForm(filename=filename, format=fmt, fields=fields)

@@ -67,7 +67,7 @@ def normalise_message_id(value: object) -> str | None:
     header holding raw 8-bit bytes comes back as an `email.header.Header`, not a str."""
     if not value:
         return None
-    text = "".join(str(value).split())
+    text = "".join(_CONTROL.sub("", str(value)).split())
     if not text:
         return None
     if not text.startswith("<"):
@@ -92,7 +92,8 @@ def read_headers(raw: bytes) -> Message:
 
 
 def _addresses(headers: Message) -> list[str]:
-    values = [str(v) for v in headers.get_all("From", [])]
+    # Control characters (NUL among them) never belong in an address, nor in a database.
+    values = [_CONTROL.sub(" ", str(v)) for v in headers.get_all("From", [])]
     out: list[str] = []
     try:
         pairs = email.utils.getaddresses(values)
@@ -111,7 +112,7 @@ def _addresses(headers: Message) -> list[str]:
 def first_address(value: str) -> str | None:
     """The first addr-spec in a header value, lower-cased."""
     try:
-        pairs = email.utils.getaddresses([value]) if value else []
+        pairs = email.utils.getaddresses([_CONTROL.sub(" ", value)]) if value else []
     except Exception:
         return None
     for _name, addr in pairs:
@@ -129,7 +130,7 @@ def _decode_subject(headers: Message) -> str:
         text = str(email.header.make_header(parts))
     except Exception:  # HeaderParseError, an unknown charset, bad base64, ...
         text = str(raw)
-    return " ".join(text.split())
+    return " ".join(_CONTROL.sub(" ", text).split())
 
 
 def display_filename(value: object) -> str:
