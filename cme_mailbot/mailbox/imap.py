@@ -268,9 +268,9 @@ class ImapMailbox:
         except (IMAPClientError, OSError) as exc:
             self._drop()
             error = MailboxAuthError if isinstance(exc, LoginError) else MailboxError
-            raise error(
-                f"IMAP {action} failed on {self.account}: {self._describe(exc)}"
-            ) from (exc if isinstance(exc, OSError) else None)
+            raise error(f"IMAP {action} failed on {self.account}: {self._describe(exc)}") from (
+                exc if isinstance(exc, OSError) else None
+            )
 
     def _describe(self, exc: BaseException) -> str:
         """A one-line reason that cannot carry message content or secrets."""
