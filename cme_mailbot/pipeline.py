@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import func, update
+from sqlalchemy import ColumnElement, func, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -178,6 +178,13 @@ class Pipeline:
         summary.replies_sent = self.sent_total - sent_before
         return summary
 
+    def _in_watched_folder(self) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+        """The ledger rows of this mailbox's watched folder."""
+        return (
+            col(InboundMessage.account) == self.mailbox.account,
+            col(InboundMessage.folder) == self.mailbox.folder,
+        )
+
     def _known_locations(self) -> frozenset[str]:
         """Locations in the watched folder that a pass need not download again.
 
@@ -187,9 +194,9 @@ class Pipeline:
         now = self.clock()
         with Session(self.engine) as s:
             rows = s.exec(
-                select(InboundMessage.location, InboundMessage.state, InboundMessage.lease_until)
-                .where(InboundMessage.account == self.mailbox.account)
-                .where(InboundMessage.folder == self.mailbox.folder)
+                select(
+                    InboundMessage.location, InboundMessage.state, InboundMessage.lease_until
+                ).where(*self._in_watched_folder())
             ).all()
         return frozenset(
             loc
@@ -279,8 +286,7 @@ class Pipeline:
         with Session(self.engine) as s:
             same_place = s.exec(
                 select(InboundMessage)
-                .where(InboundMessage.account == self.mailbox.account)
-                .where(InboundMessage.folder == self.mailbox.folder)
+                .where(*self._in_watched_folder())
                 .where(InboundMessage.location == mm.location)
             ).first()
             original = (
@@ -631,8 +637,7 @@ class Pipeline:
         with Session(self.engine) as s:
             rows = s.exec(
                 select(InboundMessage)
-                .where(InboundMessage.account == self.mailbox.account)
-                .where(InboundMessage.folder == self.mailbox.folder)
+                .where(*self._in_watched_folder())
                 .where(InboundMessage.state == MessageState.DECIDED)
             ).all()
         for row in rows:
