@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
+
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -9,17 +12,26 @@ from sqlmodel import Session, col, select
 
 from cme_mailbot.models import ReferenceCounter
 
+# Years whose counter row is known to exist, per engine: the row is never deleted, so once seen
+# it need not be looked up again for every message.
+_ensured: weakref.WeakKeyDictionary[Engine, set[int]] = weakref.WeakKeyDictionary()
+_ensured_lock = threading.Lock()
+
 
 def ensure_counter(engine: Engine, year: int) -> None:
     """Create the year's counter in its own transaction, so two pollers never race on it later."""
-    with Session(engine) as s:
-        if s.get(ReferenceCounter, year) is not None:
+    with _ensured_lock:
+        if year in _ensured.get(engine, ()):
             return
-        s.add(ReferenceCounter(year=year, last=0))
-        try:
-            s.commit()
-        except IntegrityError:
-            s.rollback()  # another instance created it first: fine
+    with Session(engine) as s:
+        if s.get(ReferenceCounter, year) is None:
+            s.add(ReferenceCounter(year=year, last=0))
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()  # another instance created it first: fine
+    with _ensured_lock:
+        _ensured.setdefault(engine, set()).add(year)
 
 
 def next_reference(session: Session, year: int) -> str:
