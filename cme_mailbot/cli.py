@@ -100,10 +100,6 @@ def _pipelines(c: Ctx, scope: str | None = None) -> list[Any]:
     return out
 
 
-def _pipeline(c: Ctx, scope: str | None = None) -> Any:
-    return _pipelines(c, scope)[0]
-
-
 def _close(pipelines: list[Any]) -> None:
     for p in pipelines:
         p.mailbox.close()

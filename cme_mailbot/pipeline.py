@@ -60,6 +60,7 @@ from cme_mailbot.stages.parse import (
     ParseError,
     first_address,
     normalise_message_id,
+    parse_headers,
     parse_message,
     read_headers,
 )
@@ -420,8 +421,7 @@ class Pipeline:
             if isinstance(exc.__cause__, ParseError):
                 return self._quarantine_verdict(raw, str(exc.__cause__))
             raise
-        own = frozenset({self.settings.outbound.from_address.lower()})
-        reason = self._stage("automatic", lambda: automatic_reason(parsed, own))
+        reason = self._stage("automatic", lambda: automatic_reason(parsed, self._own_addresses))
         if reason:
             return _Verdict(Outcome.AUTO_REPLY_IGNORED, reason, parsed)
         auth = self.settings.sender_auth
@@ -451,6 +451,11 @@ class Pipeline:
             extraction.forms,
         )  # fmt: skip
 
+    @property
+    def _own_addresses(self) -> frozenset[str]:
+        """Mail from these is our own and never answered."""
+        return frozenset({self.settings.outbound.from_address.lower()})
+
     def _schools(self, sender: str) -> frozenset[str]:
         with Session(self.engine) as s:
             return schools_of(s, sender, self.scope)
@@ -460,19 +465,9 @@ class Pipeline:
         reply_to: str | None = None
         parsed: ParsedMessage | None = None
         try:
-            headers = read_headers(raw)
-            parsed = ParsedMessage(
-                headers=headers,
-                message_id=normalise_message_id(headers.get("Message-ID")),
-                from_addresses=[
-                    a for a in [first_address(" ".join(map(str, headers.get_all("From", []))))] if a
-                ],
-                subject=" ".join(str(headers.get("Subject", "")).split()),
-                references=[],
-            )
-            own = frozenset({self.settings.outbound.from_address.lower()})
+            parsed = parse_headers(raw)
             if (
-                automatic_reason(parsed, own) is None
+                automatic_reason(parsed, self._own_addresses) is None
                 and authenticate(parsed, self.settings.sender_auth).genuine
                 and parsed.sender
                 and self._schools(parsed.sender)

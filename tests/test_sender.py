@@ -98,3 +98,17 @@ def test_alignment_uses_the_public_suffix_list() -> None:
     assert aligned("mail.luton.gov.uk", "luton.gov.uk")
     assert not aligned("luton.gov.uk", "bedford.gov.uk")
     assert not aligned("example.co.uk", "other.co.uk")
+
+
+def test_header_facts_of_an_unparseable_message_follow_the_same_rules() -> None:
+    from cme_mailbot.stages.parse import parse_headers
+
+    raw = (
+        b"From: a@school.sch.example.uk, b@school.sch.example.uk\r\n"
+        b"Subject: =?utf-8?q?CME_referral?=\x00 form\r\n"
+        b"Message-ID: <q@school.sch.example.uk>\r\n\r\nbody"
+    )
+    facts = parse_headers(raw)
+    assert facts.sender is None  # two From addresses: no single sender to acknowledge
+    assert facts.subject == "CME referral form"
+    assert facts.message_id == "<q@school.sch.example.uk>"

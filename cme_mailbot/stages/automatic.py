@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cme_mailbot.stages.parse import ParsedMessage, read_headers
+from cme_mailbot.stages.parse import ParsedMessage
 
 _ROBOT_LOCALPARTS = ("mailer-daemon", "postmaster", "noreply", "no-reply", "donotreply")
 _SUPPRESS = {"all", "oof", "autoreply"}
@@ -38,10 +38,3 @@ def automatic_reason(msg: ParsedMessage, own_addresses: frozenset[str]) -> str |
     if subject.startswith(("automatic reply:", "auto reply:", "autoreply:", "out of office")):
         return "out-of-office subject"
     return None
-
-
-def raw_is_automatic(raw: bytes) -> bool:
-    """A cheap check on headers alone, for messages that could not be fully parsed."""
-    h = read_headers(raw)
-    auto = str(h.get("Auto-Submitted", "")).strip().lower()
-    return bool(auto and auto != "no") or h.get_content_type() == "multipart/report"

@@ -270,7 +270,3 @@ def outcome_template(outcome: Outcome) -> str | None:
         Outcome.NO_FORM: "reply_no_form",
         Outcome.QUARANTINED: "reply_quarantined",
     }.get(outcome)
-
-
-def make_message_id(domain: str) -> str:
-    return email.utils.make_msgid(domain=domain)

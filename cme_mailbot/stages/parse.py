@@ -163,6 +163,19 @@ def parse_message(raw: bytes) -> ParsedMessage:
                 data=data,
             )
         )
+    facts = _header_facts(headers)
+    facts.attachments = attachments
+    facts.defects = sorted(parsed.defects_categories)
+    return facts
+
+
+def parse_headers(raw: bytes) -> ParsedMessage:
+    """The header facts alone (no MIME walk, no attachments): for a message whose body could not
+    be parsed, so that it can still be judged for an acknowledgement."""
+    return _header_facts(read_headers(raw))
+
+
+def _header_facts(headers: Message) -> ParsedMessage:
     refs = " ".join(str(v) for v in headers.get_all("References", []))
     return ParsedMessage(
         headers=headers,
@@ -170,6 +183,4 @@ def parse_message(raw: bytes) -> ParsedMessage:
         from_addresses=_addresses(headers),
         subject=_decode_subject(headers),
         references=[r for r in refs.split() if r.startswith("<")],
-        attachments=attachments,
-        defects=sorted(parsed.defects_categories),
     )
