@@ -114,6 +114,7 @@ max_attachment_bytes = {max_attachment_bytes}
 
 [poller]
 interval_seconds = 60
+workers = {workers}
 
 [logging]
 format = "json"
@@ -398,6 +399,7 @@ def deploy(
     *,
     max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
     max_attachment_bytes: int = DEFAULT_ATTACHMENT_BYTES,
+    workers: int = 2,
 ) -> Deployment:
     from tests.servers import start_dovecot, start_smtp
 
@@ -424,6 +426,7 @@ def deploy(
             database_url=url, imap_port=dovecot.port, smtp_port=smtp.port,
             password_env=PASSWORD_ENV, authserv=AUTHSERV_ID,
             max_message_bytes=max_message_bytes, max_attachment_bytes=max_attachment_bytes,
+            workers=workers,
         ),
         encoding="utf-8",
     )  # fmt: skip
@@ -686,6 +689,9 @@ def main(argv: list[str] | None = None) -> int:
         help="smoke run: 200 messages, 10 latency samples, no memory phase",
     )
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="[poller] workers: processes sharing the drain (2)"
+    )
     parser.add_argument("--profile", type=Path, help="cProfile the drain into this file")
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a target fails")
@@ -714,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
 
             t0 = time.perf_counter()
             raws = [referral(factory, i, run_id)[0] for i in range(n)]
-            live = deploy(cleanup, base, "drain", args.database, pg)
+            live = deploy(cleanup, base, "drain", args.database, pg, workers=args.workers)
             live.deliver(raws)
             del raws
             print(f"generated and delivered {n} messages in {time.perf_counter() - t0:.1f} s",
@@ -744,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
             if memory_phase:
                 m = args.memory_messages
                 t0 = time.perf_counter()
-                big = deploy(cleanup, base, "memory", args.database, pg,
+                big = deploy(cleanup, base, "memory", args.database, pg, workers=args.workers,
                              max_message_bytes=BIG_MESSAGE_BYTES,
                              max_attachment_bytes=BIG_ATTACHMENT_BYTES)  # fmt: skip
                 middle = m // 2

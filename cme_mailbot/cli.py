@@ -5,10 +5,14 @@ Bad input (arguments or configuration) is a one-line error and exit status 2, ne
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
+import signal
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -85,16 +89,16 @@ def _pipelines(c: Ctx, scope: str | None = None) -> list[Any]:
         if scope is not None and profile.name != scope:
             continue
         s = profile.settings
-        out.append(
-            Pipeline(
-                engine,
-                s,
-                open_mailbox(s),
-                open_transport(s),
-                form_reader=sandboxed_reader(s.limits),
-                scope=profile.name,
-            )
+        pipeline = Pipeline(
+            engine,
+            s,
+            open_mailbox(s),
+            open_transport(s),
+            form_reader=sandboxed_reader(s.limits),
+            scope=profile.name,
         )
+        pipeline.launch_helper = _helper_launcher(c.config_path, profile.name)
+        out.append(pipeline)
     if not out:
         fail(f"no mailbox named {scope!r} in the configuration")
     return out
@@ -109,11 +113,72 @@ def _close(pipelines: list[Any]) -> None:
             close()
 
 
+def _helper_launcher(config_path: Path | None, scope: str) -> Callable[[Any], Any]:
+    """Starts `poll --once --share K/N` for one mailbox: a helper for a large backlog."""
+
+    def launch(share: Any) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-m", "cme_mailbot.cli"]
+        if config_path is not None:
+            argv += ["--config", str(config_path.resolve())]
+        argv += ["poll", "--once", "--share", str(share), "--mailbox", scope,
+                 "--parent", str(os.getpid())]  # fmt: skip
+        # Standard error (its log lines and progress) is shared; standard output is its summary.
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+
+    return launch
+
+
+def _share(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    index, sep, count = value.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and 0 < int(index) < int(count) <= 64):
+        fail(f"--share {value!r}: expected K/N with 0 < K < N <= 64")
+    return int(index), int(count)
+
+
+def _die_with_parent(parent: int) -> None:
+    """A helper ends (gracefully, by SIGTERM) when the process that started it dies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before we asked
+        sys.exit(0)
+
+
+def _poll_share(c: Ctx, share: tuple[int, int], scope: str | None, parent: int | None) -> None:
+    from cme_mailbot.pipeline import Share
+
+    if scope is None or parent is None:
+        fail("--share needs --mailbox and --parent")
+    pipelines = _pipelines(c, scope)
+    pipeline = pipelines[0]
+    _die_with_parent(parent)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: pipeline.stop_requested.set())
+    part = Share(*share)
+    try:
+        summary = pipeline.poll_share(part, progress=lambda line: _stderr(f"[{part}] {line}"))
+    finally:
+        _close(pipelines)
+    click.echo(summary.to_json())
+
+
 @cli.command()
 @click.option("--once", is_flag=True, required=True, help="One pass over the mailbox, then exit.")
+@click.option("--share", hidden=True, help="K/N: a helper's share of a large backlog.")
+@click.option("--mailbox", "scope", hidden=True, help="The mailbox a helper works on.")
+@click.option("--parent", type=int, hidden=True, help="The pid of the process it helps.")
 @click.pass_obj
-def poll(c: Ctx, once: bool) -> None:
+def poll(c: Ctx, once: bool, share: str | None, scope: str | None, parent: int | None) -> None:
     """One pass over every mailbox; prints progress and a summary."""
+    part = _share(share)
+    if part is not None:
+        _poll_share(c, part, scope, parent)
+        return
     pipelines = _pipelines(c)
     failed = False
     try:

@@ -8,15 +8,20 @@ message -> send the replies. The ledger row moves forward one committed step at 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
+import json
 import os
+import signal
 import socket
+import subprocess
 import threading
 import time
 import uuid
+import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +92,65 @@ class PollSummary:
             f"waiting {self.replies_waiting}"
         )
 
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "new": self.new,
+                "done": self.done,
+                "outcomes": dict(self.outcomes),
+                "replies_sent": self.replies_sent,
+                "errors": self.errors,
+            }
+        )
+
+    def add_json(self, text: str) -> None:
+        """Add a helper's summary (its `to_json`); anything malformed is an error line."""
+        try:
+            data = json.loads(text)
+            self.new += int(data["new"])
+            self.done += int(data["done"])
+            self.outcomes.update({str(k): int(v) for k, v in data["outcomes"].items()})
+            self.replies_sent += int(data["replies_sent"])
+            self.errors.extend(str(e) for e in data["errors"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            self.errors.append("a helper process gave no summary")
+
+
+@dataclass(frozen=True)
+class Share:
+    """One process's part of a backlog split between `count` processes.
+
+    Only a hint to spread the work: the ledger's claim still decides who handles a message, so
+    a location handled twice, or by nobody (a helper stopped early), is never wrong: the one
+    that claims second skips it, and the parent's closing sweep picks up what is left.
+    """
+
+    index: int
+    count: int
+
+    def owns(self, location: str) -> bool:
+        return zlib.crc32(location.encode()) % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+class _Skip:
+    """The locations a pass leaves alone: those in the ledger, and those of other shares."""
+
+    def __init__(self, known: frozenset[str], share: Share | None) -> None:
+        self.known, self.share = known, share
+
+    def __contains__(self, location: object) -> bool:
+        if location in self.known:
+            return True
+        return self.share is not None and not self.share.owns(str(location))
+
+
+# Starts a helper process that runs `poll_share(share)` for the same mailbox and prints its
+# summary (`PollSummary.to_json`) as the last line of its standard output.
+HelperLauncher = Callable[[Share], "subprocess.Popen[bytes]"]
+
 
 @dataclass
 class _Verdict:
@@ -150,34 +214,123 @@ class Pipeline:
         self.stop_requested = threading.Event()
         self._lease = dt.timedelta(seconds=settings.poller.lease_seconds)
         self.sent_total = 0  # replies and alerts this pipeline has handed to the transport
+        # Set by the command line: how to start a helper process for a share of a backlog.
+        self.launch_helper: HelperLauncher | None = None
 
     # ---- one pass ------------------------------------------------------------------------
 
     def poll_once(self, progress: Callable[[str], None] | None = None) -> PollSummary:
+        """One pass: everything new in the watched folder to a filed, answered outcome.
+
+        A backlog of at least `poller.parallel_from` messages is split between this process
+        and `poller.workers - 1` helper processes (form reading is CPU-bound, and each process
+        has its own sandbox worker); then one closing sweep here takes whatever is left.
+        """
         summary = PollSummary()
         sent_before = self.sent_total
         started = time.monotonic()
+        helpers: list[subprocess.Popen[bytes]] = []
         try:
             self.refile_decided()
             known = self._known_locations()
-            for mm in self.mailbox.fetch_new(known):
-                if self.stop_requested.is_set():
-                    break
-                summary.new += 1
-                outcome = self.handle(mm)
-                if outcome is not None:
-                    summary.done += 1
-                    summary.outcomes[outcome.value] += 1
-                    if progress:
-                        progress(f"message {summary.done}: {outcome.value}")
+            shares = self._shares(known)
+            helpers = self._start_helpers(shares)
+            share = Share(0, shares) if helpers else None
+            self._handle_all(self.mailbox.fetch_new(_Skip(known, share)), summary, progress)
+            if helpers:
+                self._join_helpers(helpers, summary)
+                helpers = []
+                if not self.stop_requested.is_set():
+                    fresh = self.mailbox.fetch_new(self._known_locations())
+                    self._handle_all(fresh, summary, progress)
             self._record_poll(None, time.monotonic() - started, summary.new)
         except MailboxError as exc:
             summary.errors.append(str(exc))
             log.error("mailbox_error", error=str(exc))
             self._record_poll(exc, None, summary.new)
+        finally:
+            if helpers:  # this pass failed: stop them too
+                self._join_helpers(helpers, summary, stop=True)
         _sent, summary.replies_waiting = self.drain_outbox()
-        summary.replies_sent = self.sent_total - sent_before
+        summary.replies_sent += self.sent_total - sent_before
         return summary
+
+    def poll_share(
+        self, share: Share, progress: Callable[[str], None] | None = None
+    ) -> PollSummary:
+        """A helper's pass: only the new messages of `share`; the parent records the poll."""
+        summary = PollSummary()
+        try:
+            known = self._known_locations()
+            self._handle_all(self.mailbox.fetch_new(_Skip(known, share)), summary, progress)
+        except MailboxError as exc:
+            summary.errors.append(str(exc))
+            log.error("mailbox_error", error=str(exc))
+        summary.replies_sent = self.sent_total
+        return summary
+
+    def _handle_all(
+        self,
+        messages: Iterable[MailboxMessage],
+        summary: PollSummary,
+        progress: Callable[[str], None] | None,
+    ) -> None:
+        for mm in messages:
+            if self.stop_requested.is_set():
+                break
+            summary.new += 1
+            outcome = self.handle(mm)
+            if outcome is not None:
+                summary.done += 1
+                summary.outcomes[outcome.value] += 1
+                if progress:
+                    progress(f"message {summary.done}: {outcome.value}")
+
+    # ---- sharing a backlog between processes -----------------------------------------------
+
+    def _shares(self, known: frozenset[str]) -> int:
+        """How many processes this pass should use: one unless the backlog is worth splitting."""
+        workers = self.settings.poller.workers
+        if workers < 2 or self.launch_helper is None:
+            return 1
+        backlog = len(self.mailbox.pending(known))
+        if backlog < self.settings.poller.parallel_from:
+            return 1
+        return workers
+
+    def _start_helpers(self, shares: int) -> list[subprocess.Popen[bytes]]:
+        if shares < 2 or self.launch_helper is None:
+            return []
+        helpers = []
+        for index in range(1, shares):
+            try:
+                helpers.append(self.launch_helper(Share(index, shares)))
+            except OSError as exc:  # no helper: the closing sweep does its share here
+                log.error("helper_start_failed", error=type(exc).__name__)
+        log.info("backlog_shared", processes=len(helpers) + 1)
+        return helpers
+
+    def _join_helpers(
+        self, helpers: list[subprocess.Popen[bytes]], summary: PollSummary, *, stop: bool = False
+    ) -> None:
+        """Wait for each helper, passing on a stop request; add its summary to ours."""
+        for proc in helpers:
+            asked = False
+            while True:
+                if (stop or self.stop_requested.is_set()) and not asked:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(signal.SIGTERM)  # it finishes the message in hand
+                    asked = True
+                try:
+                    out, _ = proc.communicate(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            last = out.decode("utf-8", "replace").strip().splitlines()[-1:] if out else []
+            if not last:  # what it left, the closing sweep takes
+                log.warning("helper_failed", status=proc.returncode)
+                continue
+            summary.add_json(last[0])
 
     def _in_watched_folder(self) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
         """The ledger rows of this mailbox's watched folder."""

@@ -71,6 +71,8 @@ trusted_authserv_ids = ["{authserv}"]
 interval_seconds = {interval}
 lease_seconds = 3
 max_attempts = 50
+workers = {workers}
+parallel_from = {parallel_from}
 
 [logging]
 format = "json"
@@ -149,7 +151,9 @@ def live_factory(
 ) -> Iterator[Callable[..., Live]]:
     procs: list[subprocess.Popen[str]] = []
 
-    def make(interval: float = 2, **dovecot_kw: Any) -> Live:
+    def make(
+        interval: float = 2, workers: int = 2, parallel_from: int = 50, **dovecot_kw: Any
+    ) -> Live:
         dovecot = dovecot_factory(**dovecot_kw)
         smtp = smtp_factory()
         root = tmp_path / "live"
@@ -159,6 +163,7 @@ def live_factory(
             CONFIG.format(
                 root=root, imap_port=dovecot.port, smtp_port=smtp.port,
                 password_env=PASSWORD_ENV, authserv=AUTHSERV_ID, interval=interval,
+                workers=workers, parallel_from=parallel_from,
             ),
             encoding="utf-8",
         )  # fmt: skip
@@ -236,6 +241,59 @@ def test_sigkill_at_random_moments_while_draining_loses_and_doubles_nothing(
     assert_each_exactly_once(live, 200)
     resent = len(live.reply_ids()) - 200
     assert 0 <= resent <= 10  # at most one re-sent reply per kill
+
+
+def _helpers_of(parent: int) -> list[int]:
+    """Pids of helper processes started by `parent` (their command line names it)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--parent" in argv and argv[
+            argv.index(b"--parent") + 1 : argv.index(b"--parent") + 2
+        ] == [str(parent).encode()]:
+            out.append(int(entry.name))
+    return out
+
+
+def test_a_backlog_shared_between_helper_processes_is_handled_exactly_once(
+    live_factory: Callable[..., Live], today: dt.date
+) -> None:
+    live = live_factory(workers=3, parallel_from=10)
+    live.deliver(referrals(45, today))
+    proc = live.cli("poll", "--once")
+    assert '"processes": 3' in proc.stderr and "backlog_shared" in proc.stderr
+    # Each helper reports its own progress; the summary adds theirs to the parent's.
+    assert "[1/3] message" in proc.stderr and "[2/3] message" in proc.stderr
+    assert "45 new, 45 done (processed 45); replies sent 45" in proc.stdout
+    assert_each_exactly_once(live, 45)
+    assert len(live.reply_ids()) == 45
+
+
+def test_helpers_stop_when_their_parent_is_killed_and_nothing_is_lost(
+    live_factory: Callable[..., Live], today: dt.date
+) -> None:
+    live = live_factory(workers=2, parallel_from=10)
+    live.deliver(referrals(80, today))
+    proc = live.start_run()
+    wait_until(lambda: bool(_helpers_of(proc.pid)), timeout=60, what="a helper to start")
+    helpers = _helpers_of(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    # Told by the kernel (PR_SET_PDEATHSIG), each helper finishes its message and exits.
+    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in helpers),
+               timeout=60, what="the helpers to stop")  # fmt: skip
+    proc = live.start_run()
+    wait_until(lambda: len(set(live.reply_ids())) >= 80 and live.inbox_count() == 0,
+               timeout=240, what="the drain to finish")  # fmt: skip
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert_each_exactly_once(live, 80)
+    assert len(live.reply_ids()) - 80 <= 1  # at most the parent's reply in hand, re-sent
 
 
 def test_two_instances_on_one_mailbox_never_process_or_answer_twice(

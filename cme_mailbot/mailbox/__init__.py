@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -51,7 +51,11 @@ class Mailbox(Protocol):
         """The watched folder, as configured (with "/" as the hierarchy separator)."""
         ...
 
-    def fetch_new(self, known: frozenset[str] = frozenset()) -> Iterator[MailboxMessage]:
+    def pending(self, known: Container[str] = frozenset()) -> list[str]:
+        """Locations in the watched folder not in `known`, oldest first; nothing is downloaded."""
+        ...
+
+    def fetch_new(self, known: Container[str] = frozenset()) -> Iterator[MailboxMessage]:
         """Yield messages in the watched folder, skipping locations in `known` without download."""
         ...
 

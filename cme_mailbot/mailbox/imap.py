@@ -14,7 +14,7 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -84,7 +84,14 @@ class ImapMailbox:
     def folder(self) -> str:
         return self._settings.folder
 
-    def fetch_new(self, known: frozenset[str] = frozenset()) -> Iterator[MailboxMessage]:
+    def pending(self, known: Container[str] = frozenset()) -> list[str]:
+        with self._guard("search"):
+            client = self._session(reselect=True)
+            validity = self._uidvalidity
+            uids = sorted(int(u) for u in client.search(["ALL"]))
+        return [loc for loc in (f"{validity}:{u}" for u in uids) if loc not in known]
+
+    def fetch_new(self, known: Container[str] = frozenset()) -> Iterator[MailboxMessage]:
         """Every message in the watched folder not in `known`, oldest UID first.
 
         Sizes come first (RFC822.SIZE); a message over `max_message_bytes` is yielded with

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import mailbox
 import time
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from pathlib import Path
 
 from cme_mailbot.mailbox import MailboxMessage, maildir_account
@@ -42,7 +42,10 @@ class MaildirMailbox:
     def folder(self) -> str:
         return self._folder
 
-    def fetch_new(self, known: frozenset[str] = frozenset()) -> Iterator[MailboxMessage]:
+    def pending(self, known: Container[str] = frozenset()) -> list[str]:
+        return [key for key in sorted(self._watched.keys()) if key not in known]
+
+    def fetch_new(self, known: Container[str] = frozenset()) -> Iterator[MailboxMessage]:
         self._watched.clean()
         # Oldest first, by delivery time; keys are unique per file.
         keys = sorted(self._watched.keys())
