@@ -21,7 +21,7 @@ import time
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -386,16 +386,18 @@ class Pipeline:
         (another instance holds it)."""
         bound = structlog.contextvars.bound_contextvars
         forget_sensitive()
-        row_id = self._claim(mm)
-        if row_id is None:
+        claim = self._claim(mm)
+        if claim is None:
             return None
+        row_id, fresh = claim
         with bound(ledger_id=row_id):
             try:
-                return self._process_claimed(row_id, mm.raw)
+                return self._process_claimed(row_id, mm, fresh)
             finally:
                 forget_sensitive()
 
-    def _claim(self, mm: MailboxMessage) -> int | None:
+    def _claim(self, mm: MailboxMessage) -> tuple[int, bool] | None:
+        """(ledger id, whether the row is new) once this instance holds the message."""
         now = self.clock()
         if mm.raw is None:
             sha, message_id, sender = "", None, None
@@ -431,9 +433,10 @@ class Pipeline:
                 assert row.id is not None
                 if mm.raw is not None:
                     s.add(MessageBlob(inbound_id=row.id, raw=mm.raw))
-                return row.id
+                return row.id, True
         except IntegrityError:
-            return self._claim_existing(mm, dedupe)
+            taken = self._claim_existing(mm, dedupe)
+            return None if taken is None else (taken, False)
 
     def _claim_existing(self, mm: MailboxMessage, dedupe: str) -> int | None:
         now = self.clock()
@@ -480,14 +483,16 @@ class Pipeline:
             )
         return original.id if taken.rowcount == 1 else None  # type: ignore[attr-defined]
 
-    def _process_claimed(self, row_id: int, raw: bytes | None) -> Outcome | None:
-        with Session(self.engine) as s:
-            row = s.get(InboundMessage, row_id)
-            assert row is not None
-            attempts, location = row.attempts, row.location
-            if raw is None and row.size <= self.settings.mailbox.max_message_bytes:
-                blob = s.get(MessageBlob, row_id)
-                raw = blob.raw if blob else None
+    def _process_claimed(self, row_id: int, mm: MailboxMessage, fresh: bool) -> Outcome | None:
+        raw, attempts, location = mm.raw, 1, mm.location
+        if not fresh:  # taken over: count the attempts, and the bytes may be in the ledger only
+            with Session(self.engine) as s:
+                row = s.get(InboundMessage, row_id)
+                assert row is not None
+                attempts, location = row.attempts, row.location
+                if raw is None and row.size <= self.settings.mailbox.max_message_bytes:
+                    blob = s.get(MessageBlob, row_id)
+                    raw = blob.raw if blob else None
         if attempts > self.settings.poller.max_attempts:
             verdict = _Verdict(
                 Outcome.QUARANTINED, f"processing did not finish after {attempts - 1} attempts"
@@ -496,12 +501,16 @@ class Pipeline:
             verdict = _Verdict(Outcome.QUARANTINED, "message larger than the configured limit")
         else:
             verdict = self._judge(raw)
-        decided = self._commit_decision(row_id, verdict)
-        if decided is None:
+        emails = self._commit_decision(row_id, verdict)
+        if emails is None:
             return None
         log.info("decided", outcome=verdict.outcome.value, detail=verdict.detail)
-        self._file(row_id, location, _folder_for(self.settings, verdict.outcome), mark=True)
-        self.drain_outbox(inbound_id=row_id)
+        folder = _folder_for(self.settings, verdict.outcome)
+        moved = self._move(location, folder)
+        # Its replies were written claimed by us with the decision: sent now, and the filing
+        # and the sending recorded in one transaction.
+        sent = [self._deliver(e.id, e.raw, list(e.recipients), e.attempts) for e in emails]
+        self._record(sent, filed=(row_id, folder) if moved else None)
         return verdict.outcome
 
     # ---- a person's second look -----------------------------------------------------------
@@ -539,7 +548,7 @@ class Pipeline:
             forget_sensitive()
             try:
                 verdict = self._judge(blob.raw, trust_sender=trust_sender)
-                self._commit_decision(row_id, verdict)
+                emails = self._commit_decision(row_id, verdict) or []
             finally:
                 forget_sensitive()
             log.info("released", outcome=verdict.outcome.value)
@@ -549,7 +558,7 @@ class Pipeline:
                 .where(col(InboundMessage.id) == row_id)
                 .values(state=MessageState.FILED, filed_at=self.clock())
             )
-        self.drain_outbox(inbound_id=row_id)
+        self._record([self._deliver(e.id, e.raw, list(e.recipients), e.attempts) for e in emails])
         return verdict.outcome
 
     # ---- the stages before the decision --------------------------------------------------
@@ -632,7 +641,9 @@ class Pipeline:
 
     # ---- the decision transaction --------------------------------------------------------
 
-    def _commit_decision(self, row_id: int, verdict: _Verdict) -> bool | None:
+    def _commit_decision(self, row_id: int, verdict: _Verdict) -> list[OutboundEmail] | None:
+        """Write the decision; the emails it queued (claimed by us), or None if the claim was
+        lost."""
         today = self.clock().date()
         ensure_counter(self.engine, today.year)
         try:
@@ -652,8 +663,11 @@ class Pipeline:
             )
             return self._write_decision(row_id, fallback, today)
 
-    def _write_decision(self, row_id: int, verdict: _Verdict, today: dt.date) -> bool:
+    def _write_decision(
+        self, row_id: int, verdict: _Verdict, today: dt.date
+    ) -> list[OutboundEmail]:
         now = self.clock()
+        queued: list[OutboundEmail] = []
         with session_scope(self.engine) as s:
             moved = s.execute(
                 update(InboundMessage)
@@ -689,7 +703,7 @@ class Pipeline:
                 )
                 context["forms"] = reply_forms_context(outcomes)
                 context["any_safeguarding"] = any(o.result.safeguarding_alert for o in outcomes)
-                self._safeguarding_alerts(s, row_id, outcomes)
+                queued.extend(self._safeguarding_alerts(row_id, outcomes))
             template = outcome_template(verdict.outcome)
             if template and verdict.reply_to and parsed is not None:
                 # A loop between robots never carries a valid referral form, so replies about
@@ -706,19 +720,24 @@ class Pipeline:
                         row_id,
                         Threading(parsed.message_id, parsed.references),
                     )
-                    s.add(email)
+                    queued.append(email)
                 else:
                     log.warning("reply_rate_limited")
-        return True
+            # Claimed by this instance, as `_send_one` would: sent right after filing. Should we
+            # die first, anyone sends them once the lease has run out.
+            for email in queued:
+                email.attempts, email.next_attempt_at = 1, now + self._lease
+                s.add(email)
+        return queued
 
-    def _safeguarding_alerts(self, s: Session, row_id: int, outcomes: list[Any]) -> None:
+    def _safeguarding_alerts(self, row_id: int, outcomes: list[Any]) -> list[OutboundEmail]:
         alerts = [o for o in outcomes if o.result.safeguarding_alert]
         if not alerts:
-            return
+            return []
         to = list(self.settings.safeguarding.alert_to)
         if not to:
             log.error("safeguarding_alert_not_configured")
-            return
+            return []
         context = {
             "alerts": [
                 {
@@ -734,9 +753,10 @@ class Pipeline:
                 for o in alerts
             ]
         }
-        s.add(self.composer.outbound("safeguarding_alert", context, to, "safeguarding_alert",
-                                     row_id, None))  # fmt: skip
+        alert = self.composer.outbound("safeguarding_alert", context, to, "safeguarding_alert",
+                                       row_id, None)  # fmt: skip
         log.warning("safeguarding_alert_queued", count=len(alerts))
+        return [alert]
 
     def _reply_allowed(self, s: Session, to: str, now: dt.datetime) -> bool:
         """A per-sender cap on replies per hour (those not about forms), so two robots can never
@@ -756,23 +776,31 @@ class Pipeline:
     # ---- filing ---------------------------------------------------------------------------
 
     def _file(self, row_id: int, location: str, folder: str, *, mark: bool) -> None:
+        if self._move(location, folder) and mark:
+            with session_scope(self.engine) as s:
+                self._mark_filed(s, row_id, folder)
+
+    def _move(self, location: str, folder: str) -> bool:
+        """Move the message (True, also when it is no longer there); False if the mailbox
+        failed: the row stays DECIDED and the next pass files it."""
         try:
             self.mailbox.file(location, folder)
         except MailboxError as exc:
             log.warning("file_failed", error=str(exc))
-            return  # still DECIDED: the next pass files it
-        if mark:
-            with session_scope(self.engine) as s:
-                s.execute(
-                    update(InboundMessage)
-                    .where(col(InboundMessage.id) == row_id)
-                    .values(
-                        state=MessageState.FILED,
-                        filed_at=self.clock(),
-                        filed_folder=folder,
-                        lease_until=None,
-                    )
-                )
+            return False
+        return True
+
+    def _mark_filed(self, s: Session, row_id: int, folder: str) -> None:
+        s.execute(
+            update(InboundMessage)
+            .where(col(InboundMessage.id) == row_id)
+            .values(
+                state=MessageState.FILED,
+                filed_at=self.clock(),
+                filed_folder=folder,
+                lease_until=None,
+            )
+        )
 
     def _may_file(self, row: InboundMessage, now: dt.datetime) -> bool:
         """A decided message is filed by its decider, or by anyone once that lease has run out."""
@@ -796,10 +824,11 @@ class Pipeline:
 
     # ---- sending (the transactional outbox) ------------------------------------------------
 
-    def drain_outbox(self, inbound_id: int | None = None) -> tuple[int, int]:
-        """Send what is due. Returns (sent now, still waiting)."""
+    def drain_outbox(self) -> tuple[int, int]:
+        """Send what is due (retries, and replies whose sender died). Returns (sent now, still
+        waiting)."""
         sent = 0
-        for email_id in self._due(inbound_id):
+        for email_id in self._due():
             if self._send_one(email_id):
                 sent += 1
         with Session(self.engine) as s:
@@ -810,7 +839,7 @@ class Pipeline:
             ).one()
         return sent, int(waiting)
 
-    def _due(self, inbound_id: int | None) -> Iterator[int]:
+    def _due(self) -> list[int]:
         now = self.clock()
         with Session(self.engine) as s:
             q = (
@@ -819,10 +848,7 @@ class Pipeline:
                 .where(col(OutboundEmail.next_attempt_at) <= now)
                 .order_by(col(OutboundEmail.id))
             )
-            if inbound_id is not None:
-                q = q.where(OutboundEmail.inbound_id == inbound_id)
-            ids = [i for i in s.exec(q).all() if i is not None]
-        yield from ids
+            return [i for i in s.exec(q).all() if i is not None]
 
     def _send_one(self, email_id: int) -> bool:
         now = self.clock()
@@ -840,6 +866,16 @@ class Pipeline:
             email = s.get(OutboundEmail, email_id)
             assert email is not None
             raw, recipients, attempts = email.raw, list(email.recipients), email.attempts
+        result = self._deliver(email_id, raw, recipients, attempts)
+        self._record([result])
+        return result.state is OutboundState.SENT
+
+    def _deliver(
+        self, email_id: int | None, raw: bytes, recipients: list[str], attempts: int
+    ) -> _Delivery:
+        """Hand one claimed email to the transport; what to record about it."""
+        assert email_id is not None
+        now = self.clock()
         sender = self.settings.outbound.from_address
         state, error, retry_at = OutboundState.SENT, None, now
         try:
@@ -856,21 +892,37 @@ class Pipeline:
                 retry_at = now + dt.timedelta(seconds=min(base * 2 ** (attempts - 1), 3600))
         except PermanentFailure as exc:
             state, error = OutboundState.FAILED, str(exc)[:500]
-        with session_scope(self.engine) as s:
-            s.execute(
-                update(OutboundEmail)
-                .where(col(OutboundEmail.id) == email_id)
-                .values(
-                    state=state,
-                    last_error=error,
-                    next_attempt_at=retry_at,
-                    sent_at=self.clock() if state is OutboundState.SENT else None,
-                )
-            )
         log.info("outbound", email_id=email_id, state=state.value, error=error)
         if state is OutboundState.SENT:
             self.sent_total += 1
-        return state is OutboundState.SENT
+        return _Delivery(email_id, state, error, retry_at)
+
+    def _record(self, deliveries: list[_Delivery], *, filed: tuple[int, str] | None = None) -> None:
+        """One transaction: what became of each email, and (optionally) a message filed."""
+        if not deliveries and filed is None:
+            return
+        with session_scope(self.engine) as s:
+            if filed is not None:
+                self._mark_filed(s, *filed)
+            for d in deliveries:
+                s.execute(
+                    update(OutboundEmail)
+                    .where(col(OutboundEmail.id) == d.email_id)
+                    .values(
+                        state=d.state,
+                        last_error=d.error,
+                        next_attempt_at=d.retry_at,
+                        sent_at=self.clock() if d.state is OutboundState.SENT else None,
+                    )
+                )
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    email_id: int
+    state: OutboundState
+    error: str | None
+    retry_at: dt.datetime
 
 
 QUARANTINE_OUTCOMES = (Outcome.QUARANTINED, Outcome.UNAUTHENTICATED_SENDER)
