@@ -180,6 +180,7 @@ class PollerSettings(_Section):
     # A backlog of `parallel_from` or more messages is shared between `workers` processes.
     workers: int = Field(default=2, ge=1, le=64)
     parallel_from: int = Field(default=50, ge=2)
+    file_batch: int = Field(default=20, ge=1, le=500)  # decided messages filed with one MOVE
 
 
 class LimitsSettings(_Section):

@@ -275,16 +275,27 @@ class Pipeline:
         summary: PollSummary,
         progress: Callable[[str], None] | None,
     ) -> None:
-        for mm in messages:
-            if self.stop_requested.is_set():
-                break
-            summary.new += 1
-            outcome = self.handle(mm)
-            if outcome is not None:
+        """Decide each message; file and answer them a few at a time (one MOVE per folder)."""
+        batch: list[_Decided] = []
+        try:
+            for mm in messages:
+                if self.stop_requested.is_set():
+                    break
+                summary.new += 1
+                decided = self._decide(mm)
+                if decided is None:
+                    continue
+                batch.append(decided)
                 summary.done += 1
-                summary.outcomes[outcome.value] += 1
+                summary.outcomes[decided.outcome.value] += 1
                 if progress:
-                    progress(f"message {summary.done}: {outcome.value}")
+                    progress(f"message {summary.done}: {decided.outcome.value}")
+                if len(batch) >= self.settings.poller.file_batch:
+                    self._finish(batch)
+                    batch = []
+        finally:  # decided ones are filed and answered whatever stopped the loop
+            if batch:
+                self._finish(batch)
 
     # ---- sharing a backlog between processes -----------------------------------------------
 
@@ -384,6 +395,14 @@ class Pipeline:
         """Take one message from the mailbox to a committed, filed outcome. Never raises for
         anything the message contains; returns None when the message is not ours to handle now
         (another instance holds it)."""
+        decided = self._decide(mm)
+        if decided is None:
+            return None
+        self._finish([decided])
+        return decided.outcome
+
+    def _decide(self, mm: MailboxMessage) -> _Decided | None:
+        """Claim, judge and commit the decision (with its replies, claimed by us)."""
         bound = structlog.contextvars.bound_contextvars
         forget_sensitive()
         claim = self._claim(mm)
@@ -395,6 +414,27 @@ class Pipeline:
                 return self._process_claimed(row_id, mm, fresh)
             finally:
                 forget_sensitive()
+
+    def _finish(self, batch: list[_Decided]) -> None:
+        """File decided messages (one move per folder), then send each one's replies. Each
+        delivery is recorded as soon as it is made, so a crash re-sends at most one email."""
+        by_folder: dict[str, list[_Decided]] = {}
+        for d in batch:
+            by_folder.setdefault(d.folder, []).append(d)
+        filed: list[tuple[int, str]] = []
+        for folder, group in by_folder.items():
+            try:
+                self.mailbox.file_many([d.location for d in group], folder)
+            except MailboxError as exc:
+                log.warning("file_failed", error=str(exc), count=len(group))
+                continue  # still DECIDED: the next pass files them
+            filed.extend((d.row_id, folder) for d in group)
+        for d in batch:
+            for e in d.emails:
+                delivery = self._deliver(e.id, e.raw, list(e.recipients), e.attempts)
+                self._record([delivery], filed=filed)
+                filed = []
+        self._record([], filed=filed)
 
     def _claim(self, mm: MailboxMessage) -> tuple[int, bool] | None:
         """(ledger id, whether the row is new) once this instance holds the message."""
@@ -483,7 +523,7 @@ class Pipeline:
             )
         return original.id if taken.rowcount == 1 else None  # type: ignore[attr-defined]
 
-    def _process_claimed(self, row_id: int, mm: MailboxMessage, fresh: bool) -> Outcome | None:
+    def _process_claimed(self, row_id: int, mm: MailboxMessage, fresh: bool) -> _Decided | None:
         raw, attempts, location = mm.raw, 1, mm.location
         if not fresh:  # taken over: count the attempts, and the bytes may be in the ledger only
             with Session(self.engine) as s:
@@ -506,12 +546,7 @@ class Pipeline:
             return None
         log.info("decided", outcome=verdict.outcome.value, detail=verdict.detail)
         folder = _folder_for(self.settings, verdict.outcome)
-        moved = self._move(location, folder)
-        # Its replies were written claimed by us with the decision: sent now, and the filing
-        # and the sending recorded in one transaction.
-        sent = [self._deliver(e.id, e.raw, list(e.recipients), e.attempts) for e in emails]
-        self._record(sent, filed=(row_id, folder) if moved else None)
-        return verdict.outcome
+        return _Decided(row_id, location, folder, verdict.outcome, emails)
 
     # ---- a person's second look -----------------------------------------------------------
 
@@ -558,7 +593,8 @@ class Pipeline:
                 .where(col(InboundMessage.id) == row_id)
                 .values(state=MessageState.FILED, filed_at=self.clock())
             )
-        self._record([self._deliver(e.id, e.raw, list(e.recipients), e.attempts) for e in emails])
+        for e in emails:
+            self._record([self._deliver(e.id, e.raw, list(e.recipients), e.attempts)], filed=[])
         return verdict.outcome
 
     # ---- the stages before the decision --------------------------------------------------
@@ -867,7 +903,7 @@ class Pipeline:
             assert email is not None
             raw, recipients, attempts = email.raw, list(email.recipients), email.attempts
         result = self._deliver(email_id, raw, recipients, attempts)
-        self._record([result])
+        self._record([result], filed=[])
         return result.state is OutboundState.SENT
 
     def _deliver(
@@ -897,13 +933,13 @@ class Pipeline:
             self.sent_total += 1
         return _Delivery(email_id, state, error, retry_at)
 
-    def _record(self, deliveries: list[_Delivery], *, filed: tuple[int, str] | None = None) -> None:
-        """One transaction: what became of each email, and (optionally) a message filed."""
-        if not deliveries and filed is None:
+    def _record(self, deliveries: list[_Delivery], *, filed: list[tuple[int, str]]) -> None:
+        """One transaction: what became of these emails, and which messages were filed."""
+        if not deliveries and not filed:
             return
         with session_scope(self.engine) as s:
-            if filed is not None:
-                self._mark_filed(s, *filed)
+            for row_id, folder in filed:
+                self._mark_filed(s, row_id, folder)
             for d in deliveries:
                 s.execute(
                     update(OutboundEmail)
@@ -915,6 +951,17 @@ class Pipeline:
                         sent_at=self.clock() if d.state is OutboundState.SENT else None,
                     )
                 )
+
+
+@dataclass(frozen=True)
+class _Decided:
+    """A committed decision whose message is still to be filed and its emails sent."""
+
+    row_id: int
+    location: str
+    folder: str
+    outcome: Outcome
+    emails: list[OutboundEmail]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import pytest
 from imapclient import IMAPClient
 
 from cme_mailbot.mailbox import MailboxError
-from cme_mailbot.mailbox.imap import ImapMailbox
+from cme_mailbot.mailbox.imap import ImapMailbox, _uid_set
 
 if TYPE_CHECKING:  # imported at run time by pytest_plugins, which rewrites its asserts
     from tests.servers import DovecotServer
@@ -302,6 +302,43 @@ def test_file_of_a_message_that_is_gone_returns_false(
     assert mb.file("not-an-imap-location", "CME/Processed") is False
     assert len(uids(other, "CME.Processed")) == 1
     mb.close()
+
+
+@pytest.mark.parametrize(
+    "hide", [[], ["MOVE"], ["MOVE", "UIDPLUS"]], ids=["move", "copy-uidplus", "copy-only"]
+)
+def test_file_many_moves_those_there_skips_the_gone_and_spares_the_rest(
+    dovecot_factory: Factory, hide: list[str]
+) -> None:
+    server = dovecot_factory(hide_capabilities=hide) if hide else dovecot_factory()
+    other = server.client()
+    mb = mailbox(server)
+    for n in range(1, 7):
+        mb.append(message(n))
+    got = list(mb.fetch_new())
+    # Another client expunged message 3 behind our back and flagged message 6 \Deleted.
+    mark_deleted(other, uid_of(got[2].location))
+    other.expunge()
+    mark_deleted(other, uid_of(got[5].location))
+    validity = got[0].location.split(":")[0]
+    stale = f"{int(validity) + 1}:{uid_of(got[4].location)}"
+
+    mb.file_many([got[i].location for i in (0, 1, 2, 3)] + [stale], "CME/Processed")
+
+    assert len(uids(other, "CME.Processed")) == 3
+    left = uids(other)
+    if "UIDPLUS" in hide:  # no expunge at all: the filed ones stay behind flagged \Deleted
+        assert len(left) == 5
+    else:
+        assert left == [uid_of(got[4].location), uid_of(got[5].location)]
+        assert b"\\Deleted" in other.get_flags(left)[left[1]]  # the other client's flag kept
+    other.logout()
+    mb.close()
+
+
+def test_uid_sets_collapse_runs() -> None:
+    assert _uid_set([1]) == "1"
+    assert _uid_set([1, 2, 3, 5, 7, 8]) == "1:3,5,7:8"
 
 
 # --- waiting ------------------------------------------------------------------------------------

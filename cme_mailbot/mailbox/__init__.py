@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -61,6 +61,11 @@ class Mailbox(Protocol):
 
     def file(self, location: str, folder: str) -> bool:
         """Move the message to `folder` (created if missing). False if it is no longer there."""
+        ...
+
+    def file_many(self, locations: Sequence[str], folder: str) -> None:
+        """Move several messages to `folder` at once; those no longer there are skipped. Raises
+        `MailboxError` when it cannot say that every one has gone from the watched folder."""
         ...
 
     def append(self, raw: bytes, folder: str | None = None) -> None:

@@ -193,6 +193,49 @@ class ImapMailbox:
                 )
             return True
 
+    def file_many(self, locations: Sequence[str], folder: str) -> None:
+        """Move several messages to `folder` with one UID MOVE (or COPY + \\Deleted + UID
+        EXPUNGE of those UIDs); those no longer there are skipped. Raises `MailboxError`."""
+        if len(locations) == 1:
+            self.file(locations[0], folder)
+            return
+        parsed = [p for p in map(parse_location, locations) if p is not None]
+        fallback = False
+        with self._guard("file"):
+            client = self._session()
+            uids = sorted(uid for validity, uid in parsed if validity == self._uidvalidity)
+            if not uids:
+                return  # another UIDVALIDITY: those locations name nothing here now
+            target = self._ensure_folder(folder)
+            client.noop()  # see _still_there
+            present = sorted(int(u) for u in client.search(["UID", _uid_set(uids)]))
+            if not present:
+                return
+            try:
+                if "MOVE" in self._capabilities:
+                    client.move(present, target)
+                    return
+                client.copy(present, target)
+            except IMAPClientAbortError:
+                raise
+            except IMAPClientError:
+                fallback = True  # NO [EXPUNGEISSUED]: one at a time tells which are gone
+            if not fallback:
+                client.add_flags(present, [_DELETED], silent=True)
+                if "UIDPLUS" in self._capabilities:
+                    client.uid_expunge(present)
+                else:
+                    log.warning(
+                        "imap_no_uidplus_left_deleted",
+                        account=self.account,
+                        count=len(present),
+                        folder=folder,
+                        detail="server lacks MOVE and UIDPLUS; originals left flagged \\Deleted",
+                    )
+        if fallback:
+            for location in locations:
+                self.file(location, folder)
+
     def append(self, raw: bytes, folder: str | None = None) -> None:
         with self._guard("append"):
             client = self._session()
@@ -438,6 +481,19 @@ class ImapMailbox:
 def _shutdown(client: Any) -> None:
     with contextlib.suppress(Exception):  # already broken; the socket is gone either way
         client.shutdown()
+
+
+def _uid_set(uids: Sequence[int]) -> str:
+    """An IMAP sequence set for sorted UIDs, with runs as ranges: "3:7,9"."""
+    parts: list[str] = []
+    start = prev = uids[0]
+    for uid in uids[1:]:
+        if uid != prev + 1:
+            parts.append(f"{start}:{prev}" if start != prev else str(start))
+            start = uid
+        prev = uid
+    parts.append(f"{start}:{prev}" if start != prev else str(start))
+    return ",".join(parts)
 
 
 def _chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:

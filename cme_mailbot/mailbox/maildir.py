@@ -7,11 +7,26 @@ Maildir written here can be served by an IMAP server as it is.
 from __future__ import annotations
 
 import mailbox
+import re
 import time
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterator, Sequence
 from pathlib import Path
 
 from cme_mailbot.mailbox import MailboxMessage, maildir_account
+
+_UNIQUE = re.compile(r"M(\d+)P(\d+)Q(\d+)")
+
+
+def _delivery_order(key: str) -> tuple[int, int, int, str]:
+    """Sort key for Maildir names "<seconds>.M<microseconds>P<pid>Q<count>.<host>" (Python's
+    mailbox module; the microseconds are not zero-padded, so names do not sort as text)."""
+    seconds, _, rest = key.partition(".")
+    unique = _UNIQUE.match(rest)
+    if not seconds.isdigit():
+        return (0, 0, 0, key)
+    if unique is None:
+        return (int(seconds), 0, 0, key)
+    return (int(seconds), int(unique.group(1)), int(unique.group(3)), key)
 
 
 def _subfolder_name(folder: str) -> str:
@@ -43,12 +58,14 @@ class MaildirMailbox:
         return self._folder
 
     def pending(self, known: Container[str] = frozenset()) -> list[str]:
-        return [key for key in sorted(self._watched.keys()) if key not in known]
+        return [
+            key for key in sorted(self._watched.keys(), key=_delivery_order) if key not in known
+        ]
 
     def fetch_new(self, known: Container[str] = frozenset()) -> Iterator[MailboxMessage]:
         self._watched.clean()
         # Oldest first, by delivery time; keys are unique per file.
-        keys = sorted(self._watched.keys())
+        keys = sorted(self._watched.keys(), key=_delivery_order)
         for key in keys:
             if key in known:
                 continue
@@ -65,6 +82,10 @@ class MaildirMailbox:
             except FileNotFoundError:
                 continue
             yield MailboxMessage(location=key, size=size, raw=raw)
+
+    def file_many(self, locations: Sequence[str], folder: str) -> None:
+        for location in locations:
+            self.file(location, folder)
 
     def file(self, location: str, folder: str) -> bool:
         target = self._open(folder)
