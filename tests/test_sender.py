@@ -45,6 +45,11 @@ def verdict(raw: bytes, settings: SenderAuthSettings = TRUSTED) -> bool:
         (["mx.council.example.gov.uk 1; dmarc=pass (p=reject) header.from=school.sch.example.uk"],
          True),
         (["MX.Council.Example.Gov.UK; DMARC=PASS"], True),
+        (["mx.council.example.gov.uk; dmarc=pass header.from=School.SCH.example.uk"], True),
+        # A pass for another From domain than this message's (found by fuzzing: a From whose
+        # domain differs from the one the MTA evaluated) is no pass.
+        (["mx.council.example.gov.uk; dmarc=pass header.from=other.sch.example.uk"], False),
+        (["mx.council.example.gov.uk; dmarc=pass header.from=sch.example.uk"], False),
         ([], False),
     ],
 )  # fmt: skip

@@ -68,7 +68,9 @@ def parse_authentication_results(value: str) -> tuple[str, list[AuthResult]]:
 
 def _verdict_from(results: list[AuthResult], from_domain: str) -> AuthVerdict:
     for r in results:
-        if r.method == "dmarc" and r.result == "pass":
+        # The pass is for the From domain the MTA saw (header.from): it must be this one.
+        evaluated = r.props.get("header.from", from_domain).strip().strip(".").lower()
+        if r.method == "dmarc" and r.result == "pass" and evaluated == from_domain.lower():
             return AuthVerdict(True, "dmarc=pass")
     for r in results:
         if r.method == "dkim" and r.result == "pass":
