@@ -1,9 +1,10 @@
 """Reading a filled Word referral form into field id -> raw text.
 
 A pure function of the file's bytes (it will run in a sandboxed child process). The ZIP container
-is checked first (`container.py`). Then content controls are read by their tag, the field id,
-as on the published form; then, for fields still missing, label/value tables and
-"Label: value" paragraphs typed by hand, matched by label or alias.
+is checked first (`container.py`); only its main document part is then unpacked and parsed.
+Then content controls are read by their tag, the field id, as on the published form; then, for
+fields still missing, label/value tables and "Label: value" paragraphs typed by hand, matched by
+label or alias.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-import docx
+import docx  # noqa: F401  (registers python-docx's element classes with its XML parser)
+from docx.opc import phys_pkg, pkgreader
+from docx.opc.constants import CONTENT_TYPE, RELATIONSHIP_TYPE
+from docx.opc.packuri import PACKAGE_URI
 from docx.oxml.ns import qn
+from docx.oxml.parser import parse_xml
 
 from cme_mailbot.forms import FormUnreadable
 from cme_mailbot.forms.container import check_docx_container
@@ -43,15 +48,39 @@ PLACEHOLDERS = frozenset(
 _LABEL_VALUE = re.compile(r"^([^:\t\n]{1,120}?)\s*(?::|\t)\s*(.*)$", re.DOTALL)
 # An lxml element of the document tree (python-docx and lxml ship no type information).
 _Element = Any
+# python-docx's package-reading layer, which `docx.Document()` uses; it is not annotated.
+_PhysPkgReader: Any = phys_pkg.PhysPkgReader
+_PackageReader: Any = pkgreader.PackageReader
+_ContentTypeMap: Any = pkgreader._ContentTypeMap
 
-
-def _tag(el: _Element) -> str:
-    return el.tag if isinstance(el.tag, str) else ""
+# Tag and attribute names in Clark notation, worked out once rather than per element. A comment
+# or processing instruction has a function as its tag, which equals none of them.
+_T = qn("w:t")
+_TAB = qn("w:tab")
+_BR = qn("w:br")
+_CR = qn("w:cr")
+_P = qn("w:p")
+_SDT = qn("w:sdt")
+_SDT_PR = qn("w:sdtPr")
+_SDT_CONTENT = qn("w:sdtContent")
+_SHOWING_PLACEHOLDER = qn("w:showingPlcHdr")
+_TAG = qn("w:tag")
+_VAL = qn("w:val")
+_DROP_DOWN_LIST = qn("w:dropDownList")
+_COMBO_BOX = qn("w:comboBox")
+_LIST_ITEM = qn("w:listItem")
+_DISPLAY_TEXT = qn("w:displayText")
+_VALUE = qn("w:value")
+_TBL = qn("w:tbl")
+_TR = qn("w:tr")
+_TC = qn("w:tc")
+# Subtrees whose text is not visible text of the document.
+_HIDDEN = frozenset(qn(f"w:{name}") for name in ("sdtPr", "rPr", "pPr", "delText", "instrText"))
 
 
 def showing_placeholder(sdt: _Element) -> bool:
-    pr = sdt.find(qn("w:sdtPr"))
-    return pr is not None and pr.find(qn("w:showingPlcHdr")) is not None
+    pr = sdt.find(_SDT_PR)
+    return pr is not None and pr.find(_SHOWING_PLACEHOLDER) is not None
 
 
 def element_text(el: _Element) -> str:
@@ -65,30 +94,26 @@ def element_text(el: _Element) -> str:
 
 
 def _collect(el: _Element, parts: list[str]) -> None:
-    tag = _tag(el)
-    if tag == qn("w:t"):
+    tag = el.tag
+    if tag == _T:
         parts.append(el.text or "")
-        return
-    if tag == qn("w:tab"):
+    elif tag == _TAB:
         parts.append("\t")
-        return
-    if tag in (qn("w:br"), qn("w:cr")):
+    elif tag in (_BR, _CR):
         parts.append("\n")
-        return
-    if tag in (qn("w:sdtPr"), qn("w:rPr"), qn("w:pPr"), qn("w:delText"), qn("w:instrText")):
-        return
-    if tag == qn("w:sdt") and showing_placeholder(el):
-        return
-    for child in el:
-        _collect(child, parts)
-    if tag == qn("w:p"):
-        parts.append("\n")
+    elif tag in _HIDDEN or (tag == _SDT and showing_placeholder(el)):
+        pass
+    else:
+        for child in el:
+            _collect(child, parts)
+        if tag == _P:
+            parts.append("\n")
 
 
 def _sdt_value(sdt: _Element) -> tuple[str, bool]:
     """(raw value, is an unticked check box) of one content control."""
-    pr = sdt.find(qn("w:sdtPr"))
-    content = sdt.find(qn("w:sdtContent"))
+    pr = sdt.find(_SDT_PR)
+    content = sdt.find(_SDT_CONTENT)
     if pr is None:
         return "", False
     checkbox = pr.find(W14_CHECKBOX)
@@ -96,17 +121,17 @@ def _sdt_value(sdt: _Element) -> tuple[str, bool]:
         checked = checkbox.find(W14_CHECKED)
         on = checked is not None and (checked.get(W14_VAL) or "").lower() in ("1", "true", "on")
         return ("yes", False) if on else ("no", True)
-    if pr.find(qn("w:showingPlcHdr")) is not None or content is None:
+    if pr.find(_SHOWING_PLACEHOLDER) is not None or content is None:
         return "", False
     text = clean_text(element_text(content))
     if text in PLACEHOLDERS:
         return "", False
-    for listing in (pr.find(qn("w:dropDownList")), pr.find(qn("w:comboBox"))):
+    for listing in (pr.find(_DROP_DOWN_LIST), pr.find(_COMBO_BOX)):
         if listing is None:
             continue
-        for item in listing.iter(qn("w:listItem")):
-            display = item.get(qn("w:displayText"))
-            value = item.get(qn("w:value"))
+        for item in listing.iter(_LIST_ITEM):
+            display = item.get(_DISPLAY_TEXT)
+            value = item.get(_VALUE)
             if value is not None and text == (display if display is not None else value):
                 return value, False
     return text, False
@@ -114,34 +139,48 @@ def _sdt_value(sdt: _Element) -> tuple[str, bool]:
 
 def _rows(tbl: _Element) -> Iterator[_Element]:
     for child in tbl:
-        if _tag(child) == qn("w:tr"):
+        if child.tag == _TR:
             yield child
-        elif _tag(child) == qn("w:sdt"):  # a repeating section wraps rows in a control
-            content = child.find(qn("w:sdtContent"))
+        elif child.tag == _SDT:  # a repeating section wraps rows in a control
+            content = child.find(_SDT_CONTENT)
             if content is not None:
-                yield from (r for r in content if _tag(r) == qn("w:tr"))
+                yield from (r for r in content if r.tag == _TR)
 
 
 def _cells(tr: _Element) -> Iterator[_Element]:
     for child in tr:
-        if _tag(child) == qn("w:tc"):
+        if child.tag == _TC:
             yield child
-        elif _tag(child) == qn("w:sdt"):
-            content = child.find(qn("w:sdtContent"))
+        elif child.tag == _SDT:
+            content = child.find(_SDT_CONTENT)
             if content is not None:
-                yield from (c for c in content if _tag(c) == qn("w:tc"))
+                yield from (c for c in content if c.tag == _TC)
 
 
 def _cell_text(tc: _Element) -> str:
     """The cell's paragraphs as lines of text, leaving out tables nested in it."""
-    lines = [element_text(c) for c in tc if _tag(c) in (qn("w:p"), qn("w:sdt"))]
+    lines = [element_text(c) for c in tc if c.tag == _P or c.tag == _SDT]
     return clean_text("\n".join(lines))
+
+
+_last_index: tuple[FormSchema, LabelIndex] | None = None
+
+
+def _label_index(schema: FormSchema) -> LabelIndex:
+    """The label index of `schema`, built once for the schema in use rather than per form."""
+    global _last_index
+    last = _last_index
+    if last is not None and last[0] is schema:
+        return last[1]
+    index = LabelIndex(schema)
+    _last_index = (schema, index)
+    return index
 
 
 class _Reading:
     def __init__(self, schema: FormSchema) -> None:
         self.schema = schema
-        self.index = LabelIndex(schema)
+        self.index = _label_index(schema)
         self.values: dict[str, str] = {}
         self.unticked: set[str] = set()
         self.controlled: set[str] = set()  # fields the form carries as tagged content controls
@@ -154,10 +193,10 @@ class _Reading:
             self.values[field_id] = value
 
     def content_controls(self, body: _Element) -> None:
-        for sdt in body.iter(qn("w:sdt")):
-            pr = sdt.find(qn("w:sdtPr"))
-            tag = pr.find(qn("w:tag")) if pr is not None else None
-            field_id = tag.get(qn("w:val")) if tag is not None else None
+        for sdt in body.iter(_SDT):
+            pr = sdt.find(_SDT_PR)
+            tag = pr.find(_TAG) if pr is not None else None
+            field_id = tag.get(_VAL) if tag is not None else None
             if field_id is None or field_id not in self.schema:
                 continue
             self.controlled.add(field_id)
@@ -182,7 +221,7 @@ class _Reading:
     def tables(self, body: _Element) -> None:
         """Label/value rows first, everywhere; then "Label: value" typed into a single cell."""
         loose: list[str] = []
-        for tbl in body.iter(qn("w:tbl")):
+        for tbl in body.iter(_TBL):
             for tr in _rows(tbl):
                 loose += self.row([_cell_text(tc) for tc in _cells(tr)])
         for text in loose:
@@ -224,21 +263,49 @@ class _Reading:
 
     def paragraphs(self, body: _Element) -> None:
         for child in body:
-            if _tag(child) == qn("w:p"):
+            if child.tag == _P:
                 self.label_value(clean_text(element_text(child)))
+
+
+def _document_body(data: bytes) -> _Element:
+    """The w:body of the package's main document part, as `docx.Document(...).element.body`.
+
+    The main part is found and checked as python-docx finds and checks it (the one package
+    relationship of type officeDocument, with the Word main-document content type) and parsed
+    with python-docx's parser (no entity expansion, no network). Only [Content_Types].xml, the
+    package relationships and that part are unpacked: the styles, settings, headers, images
+    and other parts, which `docx.Document()` would also unpack and parse, are never read.
+    """
+    reader = _PhysPkgReader(io.BytesIO(data))
+    try:
+        content_types = _ContentTypeMap.from_xml(reader.content_types_xml)
+        # Keyed by id, as python-docx keeps them: a repeated id replaces the earlier one.
+        by_id = {rel.rId: rel for rel in _PackageReader._srels_for(reader, PACKAGE_URI)}
+        main = [rel for rel in by_id.values() if rel.reltype == RELATIONSHIP_TYPE.OFFICE_DOCUMENT]
+        if not main:
+            raise KeyError("no officeDocument relationship")
+        if len(main) > 1:
+            raise ValueError("several officeDocument relationships")
+        partname = main[0].target_partname  # ValueError for an external target
+        if content_types[partname] != CONTENT_TYPE.WML_DOCUMENT_MAIN:
+            raise ValueError("the main part is not a Word document")
+        document: _Element = parse_xml(reader.blob_for(partname))
+    finally:
+        reader.close()
+    return document.body  # AttributeError unless the root is w:document
 
 
 def read_docx(data: bytes, schema: FormSchema | None = None) -> dict[str, str]:
     """Field id -> raw text for every non-blank schema field of a filled Word form.
 
     Raises `FormUnreadable` for a container that fails the checks in `container.py` and for
-    any file python-docx cannot open.
+    any file whose main document part python-docx cannot find, unpack or parse. Other parts
+    (styles, settings, images...) are not read, so damage confined to them goes unnoticed.
     """
     check_docx_container(data)
     reading = _Reading(schema or default_schema())
     try:
-        document = docx.Document(io.BytesIO(data))
-        body = document.element.body
+        body = _document_body(data)
         reading.content_controls(body)
         reading.tables(body)
         reading.paragraphs(body)
