@@ -78,5 +78,6 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # A tick skipped while the previous cycle runs is by design (max_instances=1, coalesce).
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
-    # pypdf's warnings can quote bytes of the file being read.
-    logging.getLogger("pypdf").setLevel(logging.ERROR)
+    # pypdf's and pikepdf's warnings can quote bytes of the file being read.
+    for reader in ("pypdf", "pikepdf"):
+        logging.getLogger(reader).setLevel(logging.ERROR)

@@ -3,8 +3,9 @@
 `sandboxed_reader(limits)` returns a `FormReader` (same call as `forms.read_form`) that hands each
 attachment to a worker process, `python -m cme_mailbot.sandbox`, over a pipe. The worker sets its
 resource limits before it reads anything: RLIMIT_AS (memory), RLIMIT_CPU (per file), no core
-files, no file writes, no child processes, and pypdf may not call an external jbig2dec. The
-parent enforces the wall-clock limit and kills the worker on any breach.
+files, no file writes, no child processes, and neither pikepdf (which reads PDF forms) nor pypdf
+may call an external jbig2dec. The parent enforces the wall-clock limit and kills the worker on
+any breach.
 
 One worker serves many files (a fresh interpreter costs ~0.2 s; a round trip ~1 ms), and is
 retired after a bounded number of files, after any file it could not read, and on any breach,
@@ -364,7 +365,19 @@ def _answer(read_form: Any, filename: str, content_type: str, data: bytes) -> di
 
 
 def _no_external_decoders(pypdf: Any) -> None:
-    """pypdf would run a jbig2dec binary for JBIG2 images; the worker never runs a program."""
+    """pypdf and pikepdf would run a jbig2dec binary for JBIG2 images; the worker never runs a
+    program. (The form reader decodes no image: this is a second line of defence.)"""
+    from pikepdf import DataDecodingError, DependencyError
+    from pikepdf.jbig2 import JBIG2DecoderInterface, set_decoder
+
+    class NoJBIG2(JBIG2DecoderInterface):
+        def check_available(self) -> None:
+            raise DependencyError("JBIG2 decoding is off in the sandbox")
+
+        def decode_jbig2(self, jbig2: bytes, jbig2_globals: bytes) -> bytes:
+            raise DataDecodingError("JBIG2 decoding is off in the sandbox")
+
+    set_decoder(NoJBIG2())
     if hasattr(pypdf, "overwrite_configuration"):  # pypdf >= 7
         pypdf.overwrite_configuration(jbig2dec_binary=None)
         return
@@ -379,7 +392,8 @@ def serve(memory_mb: int, cpu_seconds: int, reader: str = DEFAULT_READER) -> int
     import logging
     import warnings
 
-    import pypdf
+    import pikepdf  # noqa: F401 - reads PDF forms: its C++ library loads before the limits
+    import pypdf  # writes forms; cme_mailbot.forms.pdf imports it too
 
     # Loaded once, before the limits, rather than per file.
     import cme_mailbot.forms.docx
