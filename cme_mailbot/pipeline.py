@@ -23,7 +23,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from sqlalchemy import ColumnElement, func, update
@@ -59,7 +59,7 @@ from cme_mailbot.stages.decide import (
     reply_subject_base,
     safe_subject,
 )
-from cme_mailbot.stages.extract import FormReader, extract_forms
+from cme_mailbot.stages.extract import Extraction, FormReader, MessageReader, extract_forms
 from cme_mailbot.stages.parse import (
     ParsedMessage,
     ParseError,
@@ -613,8 +613,20 @@ class Pipeline:
             raise StageError(name, exc) from exc
 
     def _stages(self, raw: bytes, *, trust_sender: bool = False) -> _Verdict:
+        # With the sandboxed reader the whole message goes to the sandbox: the MIME walk and
+        # the forms are read there (memory- and CPU-limited, off this process's core), and only
+        # the header block is parsed here. Its result is used at the extract stage below.
+        reader = self.read_form
+        whole = cast(MessageReader, reader) if hasattr(reader, "read_message") else None
+        read_ahead: Extraction | None = None
         try:
-            parsed: ParsedMessage = self._stage("parse", lambda: parse_message(raw))
+            if whole is None:
+                parsed: ParsedMessage = self._stage("parse", lambda: parse_message(raw))
+            else:
+                parsed = self._stage("parse", lambda: parse_headers(raw))
+                read_ahead = self._stage(
+                    "parse", lambda: whole.read_message(raw, self.settings.limits)
+                )
         except StageError as exc:
             if isinstance(exc.__cause__, ParseError):
                 return self._quarantine_verdict(raw, str(exc.__cause__))
@@ -633,9 +645,13 @@ class Pipeline:
         urns = self._stage("approved", lambda: self._schools(sender))
         if not urns:
             return _Verdict(Outcome.UNAPPROVED_SENDER, "not on the approved list", parsed, sender)
-        extraction = self._stage(
-            "extract",
-            lambda: extract_forms(parsed.attachments, self.read_form, self.settings.limits),
+        extraction = (
+            read_ahead
+            if read_ahead is not None
+            else self._stage(
+                "extract",
+                lambda: extract_forms(parsed.attachments, self.read_form, self.settings.limits),
+            )
         )
         for form in extraction.forms:
             remember_sensitive(v for k, v in form.fields.items() if k in self.schema.personal_ids)

@@ -35,7 +35,7 @@ from cme_mailbot.config import LimitsSettings
 from cme_mailbot.forms import ExtractedForm, FormUnreadable
 
 if TYPE_CHECKING:
-    from cme_mailbot.stages.extract import FormReader
+    from cme_mailbot.stages.extract import Extraction, FormReader
 
 log = structlog.get_logger("cme_mailbot.sandbox")
 
@@ -83,12 +83,7 @@ class SandboxedReader:
 
     def __call__(self, filename: str, content_type: str, data: bytes) -> ExtractedForm | None:
         with self._lock:
-            worker = self._worker
-            if worker is None or not worker.alive() or worker.files >= self.max_files_per_worker:
-                if worker is not None:
-                    worker.stop()
-                worker = self._worker = _Worker(self.limits, self.reader)
-                self.workers_started += 1
+            worker = self._ready_worker()
             try:
                 reply = worker.read(filename, content_type, data)
             except FormUnreadable:
@@ -106,6 +101,61 @@ class SandboxedReader:
                 worker.stop()
                 self._worker = None
             return _to_form(reply, filename)
+
+    def read_message(self, raw: bytes, limits: LimitsSettings) -> Extraction:
+        """Parse a whole message and read its forms in the worker (`MessageReader`): the MIME
+        walk of untrusted bytes, and its copies of a large message, stay out of the poller.
+        Raises `ParseError` for a message that cannot be parsed; a breach of the worker's
+        limits is an unreadable extraction."""
+        from cme_mailbot.stages.extract import Extraction
+        from cme_mailbot.stages.parse import ParseError
+
+        meta = {
+            "op": "message",
+            "max_attachments": limits.max_attachments,
+            "max_attachment_bytes": limits.max_attachment_bytes,
+        }
+        with self._lock:
+            worker = self._ready_worker()
+            try:
+                reply = worker.request(meta, raw, what="message")
+            except FormUnreadable as exc:
+                worker.kill()
+                self._worker = None
+                return Extraction(unreadable=[str(exc)])
+            except Exception as exc:  # an I/O failure on our side: the message is not to blame
+                worker.kill()
+                self._worker = None
+                return Extraction(
+                    unreadable=[f"the sandboxed reader failed ({type(exc).__name__})"]
+                )
+            status = reply.get("status")
+            if status == "unparseable":
+                worker.stop()
+                self._worker = None
+                reason = reply.get("reason")
+                raise ParseError(
+                    reason[:_MAX_REASON_CHARS]
+                    if isinstance(reason, str) and reason
+                    else "the message could not be parsed"
+                )
+            try:
+                extraction = _to_extraction(reply)
+            except FormUnreadable as exc:
+                extraction = Extraction(unreadable=[str(exc)])
+            if extraction.unreadable:
+                worker.stop()  # it met a file it could not read: its heap may be damaged
+                self._worker = None
+            return extraction
+
+    def _ready_worker(self) -> _Worker:
+        worker = self._worker
+        if worker is None or not worker.alive() or worker.files >= self.max_files_per_worker:
+            if worker is not None:
+                worker.stop()
+            worker = self._worker = _Worker(self.limits, self.reader)
+            self.workers_started += 1
+        return worker
 
     def close(self) -> None:
         with self._lock:
@@ -134,17 +184,41 @@ def _to_form(reply: dict[str, Any], filename: str) -> ExtractedForm | None:
     return ExtractedForm(filename=filename, format=fmt, fields=dict(fields))
 
 
-def _limit_text(limit: str, limits: LimitsSettings | None) -> str:
+def _to_extraction(reply: dict[str, Any]) -> Extraction:
+    """Check a whole-message reply item by item (it came from a process that read hostile
+    bytes); raises `FormUnreadable` for anything malformed."""
+    from cme_mailbot.stages.extract import Extraction
+
+    status, forms, unreadable = reply.get("status"), reply.get("forms"), reply.get("unreadable")
+    if status == "limit":
+        raise FormUnreadable(_limit_text(str(reply.get("limit")), None, "message"))
+    if status != "message" or not isinstance(forms, list) or not isinstance(unreadable, list):
+        raise FormUnreadable("the sandboxed reader gave a malformed answer")
+    out = Extraction()
+    for item in forms:
+        if not isinstance(item, dict) or not isinstance(item.get("filename"), str):
+            raise FormUnreadable("the sandboxed reader gave a malformed answer")
+        form = _to_form({"status": "form", **item}, item["filename"])
+        if form is not None:
+            out.forms.append(form)
+    for reason in unreadable:
+        if not isinstance(reason, str):
+            raise FormUnreadable("the sandboxed reader gave a malformed answer")
+        out.unreadable.append(reason[:_MAX_REASON_CHARS] or "unreadable attachment")
+    return out
+
+
+def _limit_text(limit: str, limits: LimitsSettings | None, what: str = "attachment") -> str:
     if limit == "memory":
         size = f" ({limits.parse_memory_mb} MB)" if limits else ""
-        return f"reading the attachment exceeded the sandbox memory limit{size}"
+        return f"reading the {what} exceeded the sandbox memory limit{size}"
     if limit == "cpu":
         size = f" ({limits.parse_cpu_seconds} s)" if limits else ""
-        return f"reading the attachment exceeded the sandbox CPU time limit{size}"
+        return f"reading the {what} exceeded the sandbox CPU time limit{size}"
     if limit == "wall":
         size = f" ({limits.parse_timeout_seconds:g} s)" if limits else ""
-        return f"reading the attachment exceeded the sandbox wall-clock limit{size}"
-    return "the sandboxed reader crashed while reading the attachment"
+        return f"reading the {what} exceeded the sandbox wall-clock limit{size}"
+    return f"the sandboxed reader crashed while reading the {what}"
 
 
 class _Worker:
@@ -197,8 +271,13 @@ class _Worker:
         return self.proc.poll() is None
 
     def read(self, filename: str, content_type: str, data: bytes) -> dict[str, Any]:
+        return self.request({"filename": filename, "content_type": content_type}, data)
+
+    def request(
+        self, fields: dict[str, Any], data: bytes, what: str = "attachment"
+    ) -> dict[str, Any]:
         self.files += 1
-        meta = json.dumps({"filename": filename, "content_type": content_type}).encode()
+        meta = json.dumps(fields).encode()
         deadline = time.monotonic() + self.limits.parse_timeout_seconds
         try:
             _write_all(self._in, _HEADER.pack(len(meta), len(data)) + meta, deadline)
@@ -210,11 +289,11 @@ class _Worker:
         except TimeoutError:
             self.kill()
             log.warning("sandbox_limit", limit="wall")
-            raise FormUnreadable(_limit_text("wall", self.limits)) from None
+            raise FormUnreadable(_limit_text("wall", self.limits, what)) from None
         except (EOFError, BrokenPipeError):
             limit = self._why_dead()
             log.warning("sandbox_limit", limit=limit)
-            raise FormUnreadable(_limit_text(limit, self.limits)) from None
+            raise FormUnreadable(_limit_text(limit, self.limits, what)) from None
         try:
             reply = json.loads(body)
         except ValueError:
@@ -224,7 +303,7 @@ class _Worker:
         if reply.get("status") == "limit":
             self.kill()
             log.warning("sandbox_limit", limit=str(reply.get("limit")))
-            raise FormUnreadable(_limit_text(str(reply.get("limit")), self.limits))
+            raise FormUnreadable(_limit_text(str(reply.get("limit")), self.limits, what))
         return reply
 
     def _why_dead(self) -> str:
@@ -364,6 +443,41 @@ def _answer(read_form: Any, filename: str, content_type: str, data: bytes) -> di
     return {"status": "form", "format": form.format, "fields": form.fields}
 
 
+def _answer_message(read_form: Any, raw: bytes, meta: dict[str, Any]) -> dict[str, Any]:
+    """Parse a whole message and read its forms here (`SandboxedReader.read_message`)."""
+    from cme_mailbot.config import LimitsSettings
+    from cme_mailbot.stages.extract import extract_forms
+    from cme_mailbot.stages.parse import ParseError, parse_message
+
+    def contained(filename: str, content_type: str, data: bytes) -> ExtractedForm | None:
+        # Exactly as a file sent on its own: every failure is this one file's reason.
+        return _to_form(_answer(read_form, filename, content_type, data), filename)
+
+    try:
+        parsed = parse_message(raw)
+        limits = LimitsSettings(
+            max_attachments=int(meta["max_attachments"]),
+            max_attachment_bytes=int(meta["max_attachment_bytes"]),
+        )
+        extraction = extract_forms(parsed.attachments, contained, limits)
+    except ParseError as exc:
+        return {"status": "unparseable", "reason": str(exc)[:_MAX_REASON_CHARS]}
+    except MemoryError:
+        return {"status": "limit", "limit": "memory"}
+    except RecursionError:
+        return {"status": "unparseable", "reason": "the message is nested too deeply to read"}
+    except Exception as exc:
+        return {"status": "unparseable", "reason": f"the parser failed ({type(exc).__name__})"}
+    return {
+        "status": "message",
+        "forms": [
+            {"filename": f.filename, "format": f.format, "fields": f.fields}
+            for f in extraction.forms
+        ],
+        "unreadable": extraction.unreadable,
+    }
+
+
 def _no_external_decoders(pypdf: Any) -> None:
     """pypdf and pikepdf would run a jbig2dec binary for JBIG2 images; the worker never runs a
     program. (The form reader decodes no image: this is a second line of defence.)"""
@@ -397,7 +511,9 @@ def serve(memory_mb: int, cpu_seconds: int, reader: str = DEFAULT_READER) -> int
 
     # Loaded once, before the limits, rather than per file.
     import cme_mailbot.forms.docx
-    import cme_mailbot.forms.pdf  # noqa: F401
+    import cme_mailbot.forms.pdf
+    import cme_mailbot.stages.extract
+    import cme_mailbot.stages.parse  # noqa: F401 - mail-parser, for whole messages
     from cme_mailbot.schema import default_schema
 
     default_schema()
@@ -419,12 +535,15 @@ def serve(memory_mb: int, cpu_seconds: int, reader: str = DEFAULT_READER) -> int
         data = _read_exact_blocking(stdin, data_len) if data_len else b""
         _cpu_budget(cpu_seconds)
         try:
-            reply = _answer(
-                read_form,
-                str(meta.get("filename", "")),
-                str(meta.get("content_type", "")),
-                data or b"",
-            )
+            if meta.get("op") == "message":
+                reply = _answer_message(read_form, data or b"", meta)
+            else:
+                reply = _answer(
+                    read_form,
+                    str(meta.get("filename", "")),
+                    str(meta.get("content_type", "")),
+                    data or b"",
+                )
             body = json.dumps(reply).encode()
             del data
             stdout.write(_LENGTH.pack(len(body)) + body)

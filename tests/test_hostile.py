@@ -16,7 +16,7 @@ from cme_mailbot.forms.fill import fill_docx, fill_pdf
 from cme_mailbot.samples import SAMPLE_SENDER, referral_email, referral_values
 from cme_mailbot.sandbox import SandboxedReader, sandboxed_reader
 from cme_mailbot.stages.extract import admit, extract_forms
-from cme_mailbot.stages.parse import Attachment
+from cme_mailbot.stages.parse import Attachment, ParseError, parse_message
 
 from .conftest import Deployment
 from .data import make_hostile as hostile
@@ -211,6 +211,66 @@ def test_sandbox_overhead_per_attachment_is_small(
     # Measured ~1-5 ms on a laptop-class machine; the bound only catches a regression to a
     # fresh interpreter per file (~200 ms).
     assert sandboxed - direct < 0.1, (direct, sandboxed)
+
+
+# ---- whole messages in the sandbox (SandboxedReader.read_message) ----------------------------
+
+
+def test_a_whole_message_reads_in_the_sandbox_exactly_as_in_process(
+    sandbox: SandboxedReader, forms: dict[str, bytes]
+) -> None:
+    raw = referral_email(
+        attachments=[("referral.pdf", forms["pdf"]), ("referral.docx", forms["docx"]),
+                     ("logo.png", b"\x89PNG\r\n\x1a\n"), ("scan.pdf", b"%PDF-1.7 junk")],
+    )  # fmt: skip
+    direct = extract_forms(parse_message(raw).attachments, read_form, LIMITS)
+    whole = sandbox.read_message(raw, LIMITS)
+    assert whole == direct
+    assert [f.format for f in whole.forms] == ["pdf", "docx"] and whole.unreadable
+
+
+def test_a_message_the_sandbox_cannot_parse_is_a_parse_error_as_in_process(
+    sandbox: SandboxedReader,
+) -> None:
+    raw = referral_email(attachments=[("referral.pdf", b"%PDF-1.7")]).replace(
+        b"JVBERi0xLjc=",
+        b"JVBERi0xLjc",  # the base64 loses its padding
+    )
+    with pytest.raises(ParseError) as direct:
+        parse_message(raw)
+    with pytest.raises(ParseError) as whole:
+        sandbox.read_message(raw, LIMITS)
+    assert str(whole.value) == str(direct.value)
+
+
+def test_caps_hold_for_whole_messages(sandbox: SandboxedReader, forms: dict[str, bytes]) -> None:
+    raw = referral_email(attachments=[(f"r{i}.pdf", forms["pdf"]) for i in range(3)])
+    got = sandbox.read_message(raw, LIMITS.model_copy(update={"max_attachments": 2}))
+    assert got.forms == [] and got.unreadable == ["too many attachments (3, limit 2)"]
+
+
+@pytest.mark.parametrize(
+    ("name", "limits", "expected"),
+    [
+        ("sleep", {"parse_timeout_seconds": 1}, "reading the message exceeded the sandbox "
+                                                "wall-clock limit (1 s)"),
+        ("hog_memory", {}, "reading the attachment exceeded the sandbox memory limit"),
+        ("segfault", {}, "the sandboxed reader crashed while reading the message"),
+        ("bad_reply", {}, "the sandboxed reader gave a malformed answer"),
+    ],
+)  # fmt: skip
+def test_a_message_whose_reading_breaks_a_limit_is_unreadable_and_the_worker_retired(
+    forms: dict[str, bytes], name: str, limits: dict[str, float], expected: str
+) -> None:
+    reader = hostile_reader(name, **limits)
+    raw = referral_email(attachments=[(CHILD_FILENAME, forms["pdf"])])
+    try:
+        got = reader.read_message(raw, LIMITS)
+        assert got.forms == [] and got.unreadable == [expected]
+        assert reader._worker is None  # never reused after a breach
+        assert not any(s in expected for s in ("Maya", "Larch"))
+    finally:
+        reader.close()
 
 
 # ---- the extract stage: caps and the allow-list ----------------------------------------------

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from cme_mailbot.config import LimitsSettings
 from cme_mailbot.forms import ExtractedForm, FormUnreadable
@@ -49,6 +49,14 @@ _NAMES = {"pdf": "PDF", "docx": "Word"}
 class Extraction:
     forms: list[ExtractedForm] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)  # why, per attachment (no child data)
+
+
+class MessageReader(Protocol):
+    """A form reader that can also take a whole message (the sandboxed one): it parses the MIME
+    (`parse_message`) and runs `extract_forms` where the untrusted bytes are, and returns the
+    extraction; raises `ParseError` for a message that cannot be parsed."""
+
+    def read_message(self, raw: bytes, limits: LimitsSettings) -> Extraction: ...
 
 
 def declared_formats(filename: str, content_type: str) -> set[FormFormat]:
