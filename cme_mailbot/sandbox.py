@@ -53,7 +53,7 @@ class SandboxError(Exception):
     """The worker could not be started; the message names no file."""
 
 
-def sandboxed_reader(limits: LimitsSettings, *, max_files_per_worker: int = 200) -> FormReader:
+def sandboxed_reader(limits: LimitsSettings, *, max_files_per_worker: int = 1000) -> FormReader:
     """The form reader the pipeline should use: sandboxed unless `limits.sandbox` is false."""
     if not limits.sandbox:
         from cme_mailbot.forms import read_form
@@ -70,7 +70,7 @@ class SandboxedReader:
         self,
         limits: LimitsSettings,
         *,
-        max_files_per_worker: int = 200,
+        max_files_per_worker: int = 1000,
         reader: str = DEFAULT_READER,
     ) -> None:
         """`reader` is the "module:function" the worker calls; tests substitute a hostile one."""
