@@ -59,7 +59,13 @@ from cme_mailbot.stages.decide import (
     reply_subject_base,
     safe_subject,
 )
-from cme_mailbot.stages.extract import Extraction, FormReader, MessageReader, extract_forms
+from cme_mailbot.stages.extract import (
+    Extraction,
+    FormReader,
+    MessageReader,
+    ReaderUnavailable,
+    extract_forms,
+)
 from cme_mailbot.stages.parse import (
     ParsedMessage,
     ParseError,
@@ -277,6 +283,9 @@ class Pipeline:
     ) -> None:
         """Decide each message; file and answer them a few at a time (one MOVE per folder)."""
         batch: list[_Decided] = []
+        started = 0.0
+        # Well inside the lease that keeps other instances off decided messages and their replies.
+        max_age = self.settings.poller.lease_seconds / 4
         try:
             for mm in messages:
                 if self.stop_requested.is_set():
@@ -285,17 +294,21 @@ class Pipeline:
                 decided = self._decide(mm)
                 if decided is None:
                     continue
+                if not batch:
+                    started = time.monotonic()
                 batch.append(decided)
                 summary.done += 1
                 summary.outcomes[decided.outcome.value] += 1
                 if progress:
                     progress(f"message {summary.done}: {decided.outcome.value}")
-                if len(batch) >= self.settings.poller.file_batch:
-                    self._finish(batch)
-                    batch = []
+                full = len(batch) >= self.settings.poller.file_batch
+                if full or time.monotonic() - started > max_age:
+                    done, batch = batch, []
+                    self._finish(done)
         finally:  # decided ones are filed and answered whatever stopped the loop
             if batch:
-                self._finish(batch)
+                done, batch = batch, []
+                self._finish(done)
 
     # ---- sharing a backlog between processes -----------------------------------------------
 
@@ -316,7 +329,7 @@ class Pipeline:
         for index in range(1, shares):
             try:
                 helpers.append(self.launch_helper(Share(index, shares)))
-            except OSError as exc:  # no helper: the closing sweep does its share here
+            except Exception as exc:  # no helper: the closing sweep does its share here
                 log.error("helper_start_failed", error=type(exc).__name__)
         log.info("backlog_shared", processes=len(helpers) + 1)
         return helpers
@@ -324,22 +337,24 @@ class Pipeline:
     def _join_helpers(
         self, helpers: list[subprocess.Popen[bytes]], summary: PollSummary, *, stop: bool = False
     ) -> None:
-        """Wait for each helper, passing on a stop request; add its summary to ours."""
-        for proc in helpers:
-            asked = False
-            while True:
-                if (stop or self.stop_requested.is_set()) and not asked:
+        """Wait for the helpers (each joined one is taken off the list), passing a stop request
+        on to all of them at once; add each one's summary to ours."""
+        asked = False
+        while helpers:
+            if (stop or self.stop_requested.is_set()) and not asked:
+                for proc in helpers:
                     with contextlib.suppress(ProcessLookupError):
                         proc.send_signal(signal.SIGTERM)  # it finishes the message in hand
-                    asked = True
-                try:
-                    out, _ = proc.communicate(timeout=0.5)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+                asked = True
+            proc = helpers[0]
+            try:
+                out, _ = proc.communicate(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                continue
+            helpers.pop(0)
             last = out.decode("utf-8", "replace").strip().splitlines()[-1:] if out else []
             if not last:  # what it left, the closing sweep takes
-                log.warning("helper_failed", status=proc.returncode)
+                log.error("helper_failed", status=proc.returncode)
                 continue
             summary.add_json(last[0])
 
@@ -431,10 +446,27 @@ class Pipeline:
             filed.extend((d.row_id, folder) for d in group)
         for d in batch:
             for e in d.emails:
+                if not self._still_ours(e):
+                    continue  # our claim ran out and another instance has taken it
                 delivery = self._deliver(e.id, e.raw, list(e.recipients), e.attempts)
                 self._record([delivery], filed=filed)
                 filed = []
         self._record([], filed=filed)
+
+    def _still_ours(self, email: OutboundEmail) -> bool:
+        """True while the claim written with the decision holds; renewed once half spent."""
+        now = self.clock()
+        if now < email.next_attempt_at - self._lease / 2:
+            return True
+        with session_scope(self.engine) as s:
+            renewed = s.execute(
+                update(OutboundEmail)
+                .where(col(OutboundEmail.id) == email.id)
+                .where(col(OutboundEmail.state) == OutboundState.PENDING)
+                .where(col(OutboundEmail.attempts) == email.attempts)
+                .values(next_attempt_at=now + self._lease)
+            )
+        return bool(renewed.rowcount == 1)  # type: ignore[attr-defined]
 
     def _claim(self, mm: MailboxMessage) -> tuple[int, bool] | None:
         """(ledger id, whether the row is new) once this instance holds the message."""
@@ -540,7 +572,10 @@ class Pipeline:
         elif raw is None:
             verdict = _Verdict(Outcome.QUARANTINED, "message larger than the configured limit")
         else:
-            verdict = self._judge(raw)
+            try:
+                verdict = self._judge(raw)
+            except _Retry:
+                return None  # still claimed: taken up again once the lease has run out
         emails = self._commit_decision(row_id, verdict)
         if emails is None:
             return None
@@ -572,18 +607,16 @@ class Pipeline:
                 raise ReleaseError("not a quarantined message awaiting review")
             blob = s.get(MessageBlob, row_id)
         if blob is None:
-            with session_scope(self.engine) as s:
-                s.execute(
-                    update(InboundMessage)
-                    .where(col(InboundMessage.id) == row_id)
-                    .values(state=MessageState.FILED, claimed_by=None, lease_until=None)
-                )
+            self._unclaim_filed(row_id)
             raise ReleaseError("the original bytes were not kept (oversized message)")
         with structlog.contextvars.bound_contextvars(ledger_id=row_id):
             forget_sensitive()
             try:
                 verdict = self._judge(blob.raw, trust_sender=trust_sender)
                 emails = self._commit_decision(row_id, verdict) or []
+            except _Retry:
+                self._unclaim_filed(row_id)
+                raise ReleaseError("the form reader is unavailable; try again later") from None
             finally:
                 forget_sensitive()
             log.info("released", outcome=verdict.outcome.value)
@@ -597,12 +630,24 @@ class Pipeline:
             self._record([self._deliver(e.id, e.raw, list(e.recipients), e.attempts)], filed=[])
         return verdict.outcome
 
+    def _unclaim_filed(self, row_id: int) -> None:
+        with session_scope(self.engine) as s:
+            s.execute(
+                update(InboundMessage)
+                .where(col(InboundMessage.id) == row_id)
+                .values(state=MessageState.FILED, claimed_by=None, lease_until=None)
+            )
+
     # ---- the stages before the decision --------------------------------------------------
 
     def _judge(self, raw: bytes, *, trust_sender: bool = False) -> _Verdict:
         try:
             return self._stages(raw, trust_sender=trust_sender)
         except StageError as exc:
+            if isinstance(exc.__cause__, ReaderUnavailable):
+                # Not the message's fault (the sandbox could not start): try it again later.
+                log.error("reader_unavailable", error=str(exc.__cause__))
+                raise _Retry from None
             log.error("stage_failed", stage=exc.stage, error=str(exc))
             return self._quarantine_verdict(raw, str(exc))
 
@@ -613,46 +658,54 @@ class Pipeline:
             raise StageError(name, exc) from exc
 
     def _stages(self, raw: bytes, *, trust_sender: bool = False) -> _Verdict:
-        # With the sandboxed reader the whole message goes to the sandbox: the MIME walk and
-        # the forms are read there (memory- and CPU-limited, off this process's core), and only
-        # the header block is parsed here. Its result is used at the extract stage below.
+        # With the sandboxed reader the MIME walk runs in the sandbox (memory- and CPU-limited,
+        # off this process's core) and only the header block is parsed here; the forms are read
+        # there too, but only for a genuine, approved sender. Outcomes and their order are those
+        # of the in-process path: a message that cannot be parsed is quarantined first.
         reader = self.read_form
         whole = cast(MessageReader, reader) if hasattr(reader, "read_message") else None
-        read_ahead: Extraction | None = None
         try:
-            if whole is None:
-                parsed: ParsedMessage = self._stage("parse", lambda: parse_message(raw))
-            else:
-                parsed = self._stage("parse", lambda: parse_headers(raw))
-                read_ahead = self._stage(
-                    "parse", lambda: whole.read_message(raw, self.settings.limits)
-                )
+            parsed: ParsedMessage = self._stage(
+                "parse", lambda: parse_headers(raw) if whole else parse_message(raw)
+            )
         except StageError as exc:
             if isinstance(exc.__cause__, ParseError):
                 return self._quarantine_verdict(raw, str(exc.__cause__))
             raise
         reason = self._stage("automatic", lambda: automatic_reason(parsed, self._own_addresses))
-        if reason:
-            return _Verdict(Outcome.AUTO_REPLY_IGNORED, reason, parsed)
         auth = self.settings.sender_auth
         if trust_sender:
             auth = auth.model_copy(update={"require": False})
-        verdict = self._stage("sender", lambda: authenticate(parsed, auth))
+        verdict = None if reason else self._stage("sender", lambda: authenticate(parsed, auth))
+        sender = parsed.sender
+        urns: frozenset[str] = frozenset()
+        if verdict is not None and verdict.genuine:
+            assert sender is not None
+            urns = self._stage("approved", lambda: self._schools(sender))
+        extraction: Extraction | None = None
+        if whole is not None:
+            limits, wanted = self.settings.limits, bool(urns)
+            try:
+                extraction = self._stage(
+                    "parse", lambda: whole.read_message(raw, limits, forms=wanted)
+                )
+            except StageError as exc:
+                if isinstance(exc.__cause__, ParseError):
+                    return self._quarantine_verdict(raw, str(exc.__cause__))
+                raise
+        if reason:
+            return _Verdict(Outcome.AUTO_REPLY_IGNORED, reason, parsed)
+        assert verdict is not None
         if not verdict.genuine:
             return _Verdict(Outcome.UNAUTHENTICATED_SENDER, verdict.why, parsed)
-        sender = parsed.sender
         assert sender is not None
-        urns = self._stage("approved", lambda: self._schools(sender))
         if not urns:
             return _Verdict(Outcome.UNAPPROVED_SENDER, "not on the approved list", parsed, sender)
-        extraction = (
-            read_ahead
-            if read_ahead is not None
-            else self._stage(
+        if extraction is None:
+            extraction = self._stage(
                 "extract",
                 lambda: extract_forms(parsed.attachments, self.read_form, self.settings.limits),
             )
-        )
         for form in extraction.forms:
             remember_sensitive(v for k, v in form.fields.items() if k in self.schema.personal_ids)
         if extraction.unreadable:
@@ -947,7 +1000,7 @@ class Pipeline:
         log.info("outbound", email_id=email_id, state=state.value, error=error)
         if state is OutboundState.SENT:
             self.sent_total += 1
-        return _Delivery(email_id, state, error, retry_at)
+        return _Delivery(email_id, attempts, state, error, retry_at)
 
     def _record(self, deliveries: list[_Delivery], *, filed: list[tuple[int, str]]) -> None:
         """One transaction: what became of these emails, and which messages were filed."""
@@ -960,6 +1013,9 @@ class Pipeline:
                 s.execute(
                     update(OutboundEmail)
                     .where(col(OutboundEmail.id) == d.email_id)
+                    # Only our own attempt: never undo what a later claimant recorded.
+                    .where(col(OutboundEmail.state) == OutboundState.PENDING)
+                    .where(col(OutboundEmail.attempts) == d.attempts)
                     .values(
                         state=d.state,
                         last_error=d.error,
@@ -983,6 +1039,7 @@ class _Decided:
 @dataclass(frozen=True)
 class _Delivery:
     email_id: int
+    attempts: int  # the attempt this was (the claim it was made under)
     state: OutboundState
     error: str | None
     retry_at: dt.datetime
@@ -997,3 +1054,7 @@ class ReleaseError(Exception):
 
 class _LostClaim(Exception):
     """Another instance took this message over (our lease ran out)."""
+
+
+class _Retry(Exception):
+    """This message cannot be judged now, through no fault of its own: leave it claimed."""

@@ -33,6 +33,7 @@ import structlog
 
 from cme_mailbot.config import LimitsSettings
 from cme_mailbot.forms import ExtractedForm, FormUnreadable
+from cme_mailbot.stages.extract import ReaderUnavailable
 
 if TYPE_CHECKING:
     from cme_mailbot.stages.extract import Extraction, FormReader
@@ -49,7 +50,7 @@ _FORMATS = ("pdf", "docx")
 DEFAULT_READER = "cme_mailbot.forms:read_form"
 
 
-class SandboxError(Exception):
+class SandboxError(ReaderUnavailable):
     """The worker could not be started; the message names no file."""
 
 
@@ -102,16 +103,18 @@ class SandboxedReader:
                 self._worker = None
             return _to_form(reply, filename)
 
-    def read_message(self, raw: bytes, limits: LimitsSettings) -> Extraction:
-        """Parse a whole message and read its forms in the worker (`MessageReader`): the MIME
-        walk of untrusted bytes, and its copies of a large message, stay out of the poller.
-        Raises `ParseError` for a message that cannot be parsed; a breach of the worker's
-        limits is an unreadable extraction."""
+    def read_message(self, raw: bytes, limits: LimitsSettings, *, forms: bool) -> Extraction:
+        """Parse a whole message in the worker and, with `forms`, read its forms there too
+        (`MessageReader`): the MIME walk of untrusted bytes, and its copies of a large message,
+        stay out of the poller. Raises `ParseError` for a message that cannot be parsed (and,
+        without `forms`, for a breach of the worker's limits: only the parse ran); with `forms`
+        a breach is an unreadable extraction. Raises `SandboxError` if no worker can start."""
         from cme_mailbot.stages.extract import Extraction
         from cme_mailbot.stages.parse import ParseError
 
         meta = {
             "op": "message",
+            "forms": forms,
             "max_attachments": limits.max_attachments,
             "max_attachment_bytes": limits.max_attachment_bytes,
         }
@@ -119,30 +122,33 @@ class SandboxedReader:
             worker = self._ready_worker()
             try:
                 reply = worker.request(meta, raw, what="message")
-            except FormUnreadable as exc:
+            except Exception as exc:
                 worker.kill()
                 self._worker = None
-                return Extraction(unreadable=[str(exc)])
-            except Exception as exc:  # an I/O failure on our side: the message is not to blame
-                worker.kill()
-                self._worker = None
-                return Extraction(
-                    unreadable=[f"the sandboxed reader failed ({type(exc).__name__})"]
+                reason = (
+                    str(exc)
+                    if isinstance(exc, FormUnreadable)  # a limit breach, or a crash
+                    else f"the sandboxed reader failed ({type(exc).__name__})"  # our side's I/O
                 )
+                if not forms:
+                    raise ParseError(reason) from None
+                return Extraction(unreadable=[reason])
             status = reply.get("status")
             if status == "unparseable":
                 worker.stop()
                 self._worker = None
-                reason = reply.get("reason")
+                why = reply.get("reason")
                 raise ParseError(
-                    reason[:_MAX_REASON_CHARS]
-                    if isinstance(reason, str) and reason
+                    why[:_MAX_REASON_CHARS]
+                    if isinstance(why, str) and why
                     else "the message could not be parsed"
                 )
             try:
-                extraction = _to_extraction(reply)
+                extraction = _to_extraction(reply, limits)
             except FormUnreadable as exc:
                 extraction = Extraction(unreadable=[str(exc)])
+            if not forms and (extraction.forms or extraction.unreadable):
+                extraction = Extraction(unreadable=["the sandboxed reader gave a malformed answer"])
             if extraction.unreadable:
                 worker.stop()  # it met a file it could not read: its heap may be damaged
                 self._worker = None
@@ -153,7 +159,13 @@ class SandboxedReader:
         if worker is None or not worker.alive() or worker.files >= self.max_files_per_worker:
             if worker is not None:
                 worker.stop()
-            worker = self._worker = _Worker(self.limits, self.reader)
+            self._worker = None
+            try:
+                worker = _Worker(self.limits, self.reader)
+            except OSError as exc:  # no fork, no pipes: nothing to do with any message
+                log.error("sandbox_start_failed", error=type(exc).__name__)
+                raise SandboxError("the sandbox worker could not be started") from None
+            self._worker = worker
             self.workers_started += 1
         return worker
 
@@ -184,7 +196,7 @@ def _to_form(reply: dict[str, Any], filename: str) -> ExtractedForm | None:
     return ExtractedForm(filename=filename, format=fmt, fields=dict(fields))
 
 
-def _to_extraction(reply: dict[str, Any]) -> Extraction:
+def _to_extraction(reply: dict[str, Any], limits: LimitsSettings) -> Extraction:
     """Check a whole-message reply item by item (it came from a process that read hostile
     bytes); raises `FormUnreadable` for anything malformed."""
     from cme_mailbot.stages.extract import Extraction
@@ -194,13 +206,16 @@ def _to_extraction(reply: dict[str, Any]) -> Extraction:
         raise FormUnreadable(_limit_text(str(reply.get("limit")), None, "message"))
     if status != "message" or not isinstance(forms, list) or not isinstance(unreadable, list):
         raise FormUnreadable("the sandboxed reader gave a malformed answer")
+    if len(forms) + len(unreadable) > limits.max_attachments + 1:
+        raise FormUnreadable("the sandboxed reader gave a malformed answer")
     out = Extraction()
     for item in forms:
         if not isinstance(item, dict) or not isinstance(item.get("filename"), str):
             raise FormUnreadable("the sandboxed reader gave a malformed answer")
-        form = _to_form({"status": "form", **item}, item["filename"])
-        if form is not None:
-            out.forms.append(form)
+        checked = {"status": "form", "format": item.get("format"), "fields": item.get("fields")}
+        form = _to_form(checked, item["filename"])
+        assert form is not None  # status "form": a form or FormUnreadable
+        out.forms.append(form)
     for reason in unreadable:
         if not isinstance(reason, str):
             raise FormUnreadable("the sandboxed reader gave a malformed answer")
@@ -443,23 +458,21 @@ def _answer(read_form: Any, filename: str, content_type: str, data: bytes) -> di
     return {"status": "form", "format": form.format, "fields": form.fields}
 
 
-def _answer_message(read_form: Any, raw: bytes, meta: dict[str, Any]) -> dict[str, Any]:
-    """Parse a whole message and read its forms here (`SandboxedReader.read_message`)."""
+def _answer_message(
+    read_form: Any, raw: bytes, meta: dict[str, Any], cpu_seconds: int
+) -> dict[str, Any]:
+    """Parse a whole message and, if asked, read its forms here (`read_message`)."""
     from cme_mailbot.config import LimitsSettings
-    from cme_mailbot.stages.extract import extract_forms
+    from cme_mailbot.stages.extract import Extraction, extract_forms
     from cme_mailbot.stages.parse import ParseError, parse_message
 
     def contained(filename: str, content_type: str, data: bytes) -> ExtractedForm | None:
-        # Exactly as a file sent on its own: every failure is this one file's reason.
+        # Exactly as a file sent on its own: its own CPU budget, every failure its own reason.
+        _cpu_budget(cpu_seconds)
         return _to_form(_answer(read_form, filename, content_type, data), filename)
 
     try:
         parsed = parse_message(raw)
-        limits = LimitsSettings(
-            max_attachments=int(meta["max_attachments"]),
-            max_attachment_bytes=int(meta["max_attachment_bytes"]),
-        )
-        extraction = extract_forms(parsed.attachments, contained, limits)
     except ParseError as exc:
         return {"status": "unparseable", "reason": str(exc)[:_MAX_REASON_CHARS]}
     except MemoryError:
@@ -468,6 +481,18 @@ def _answer_message(read_form: Any, raw: bytes, meta: dict[str, Any]) -> dict[st
         return {"status": "unparseable", "reason": "the message is nested too deeply to read"}
     except Exception as exc:
         return {"status": "unparseable", "reason": f"the parser failed ({type(exc).__name__})"}
+    extraction = Extraction()
+    if meta.get("forms"):
+        try:
+            limits = LimitsSettings(
+                max_attachments=int(meta["max_attachments"]),
+                max_attachment_bytes=int(meta["max_attachment_bytes"]),
+            )
+            extraction = extract_forms(parsed.attachments, contained, limits)
+        except MemoryError:
+            return {"status": "limit", "limit": "memory"}
+        except Exception as exc:  # as the extract stage failing in process: quarantined
+            extraction = Extraction(unreadable=[f"the reader failed ({type(exc).__name__})"])
     return {
         "status": "message",
         "forms": [
@@ -536,7 +561,7 @@ def serve(memory_mb: int, cpu_seconds: int, reader: str = DEFAULT_READER) -> int
         _cpu_budget(cpu_seconds)
         try:
             if meta.get("op") == "message":
-                reply = _answer_message(read_form, data or b"", meta)
+                reply = _answer_message(read_form, data or b"", meta, cpu_seconds)
             else:
                 reply = _answer(
                     read_form,

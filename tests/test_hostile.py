@@ -224,7 +224,7 @@ def test_a_whole_message_reads_in_the_sandbox_exactly_as_in_process(
                      ("logo.png", b"\x89PNG\r\n\x1a\n"), ("scan.pdf", b"%PDF-1.7 junk")],
     )  # fmt: skip
     direct = extract_forms(parse_message(raw).attachments, read_form, LIMITS)
-    whole = sandbox.read_message(raw, LIMITS)
+    whole = sandbox.read_message(raw, LIMITS, forms=True)
     assert whole == direct
     assert [f.format for f in whole.forms] == ["pdf", "docx"] and whole.unreadable
 
@@ -239,13 +239,13 @@ def test_a_message_the_sandbox_cannot_parse_is_a_parse_error_as_in_process(
     with pytest.raises(ParseError) as direct:
         parse_message(raw)
     with pytest.raises(ParseError) as whole:
-        sandbox.read_message(raw, LIMITS)
+        sandbox.read_message(raw, LIMITS, forms=True)
     assert str(whole.value) == str(direct.value)
 
 
 def test_caps_hold_for_whole_messages(sandbox: SandboxedReader, forms: dict[str, bytes]) -> None:
     raw = referral_email(attachments=[(f"r{i}.pdf", forms["pdf"]) for i in range(3)])
-    got = sandbox.read_message(raw, LIMITS.model_copy(update={"max_attachments": 2}))
+    got = sandbox.read_message(raw, LIMITS.model_copy(update={"max_attachments": 2}), forms=True)
     assert got.forms == [] and got.unreadable == ["too many attachments (3, limit 2)"]
 
 
@@ -265,12 +265,34 @@ def test_a_message_whose_reading_breaks_a_limit_is_unreadable_and_the_worker_ret
     reader = hostile_reader(name, **limits)
     raw = referral_email(attachments=[(CHILD_FILENAME, forms["pdf"])])
     try:
-        got = reader.read_message(raw, LIMITS)
+        got = reader.read_message(raw, LIMITS, forms=True)
         assert got.forms == [] and got.unreadable == [expected]
         assert reader._worker is None  # never reused after a breach
         assert not any(s in expected for s in ("Maya", "Larch"))
     finally:
         reader.close()
+
+
+def test_attachments_of_a_sender_not_approved_never_reach_a_form_reader(
+    tmp_path: Path, forms: dict[str, bytes]
+) -> None:
+    # Were any file handed to this reader, the worker would crash and a new one would start.
+    reader = hostile_reader("segfault")
+    bot = Bot(tmp_path, reader)
+    try:
+        bot.deliver(
+            referral_email(sender="head@unknown.sch.example.uk", auth="dmarc=pass",
+                           attachments=[(CHILD_FILENAME, forms["pdf"])]),
+            referral_email(sender="robot@riverside.sch.example.uk", auth=None,
+                           attachments=[(CHILD_FILENAME, forms["pdf"])]),
+        )  # fmt: skip
+        bot.poll()
+        outcomes = sorted(r["outcome"] for r in bot.messages())
+        assert outcomes == ["unapproved_sender", "unauthenticated_sender"]
+        assert reader.workers_started == 1  # both messages were parsed there, no file read
+    finally:
+        reader.close()
+        bot.engine.dispose()
 
 
 # ---- the extract stage: caps and the allow-list ----------------------------------------------

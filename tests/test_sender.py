@@ -83,6 +83,9 @@ def test_microsoft365_mode_needs_compauth_and_dmarc() -> None:
     assert verdict(message(good), m365)
     assert not verdict(message(good.replace("compauth=pass", "compauth=fail")), m365)
     assert not verdict(message(), m365)
+    # A dmarc pass evaluated for another From domain than this message's is no pass.
+    other = good.replace("header.from=school.sch.example.uk", "header.from=evil.example.net")
+    assert not verdict(message(other), m365)
 
 
 def test_check_can_be_switched_off() -> None:

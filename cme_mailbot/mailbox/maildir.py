@@ -12,7 +12,7 @@ import time
 from collections.abc import Container, Iterator, Sequence
 from pathlib import Path
 
-from cme_mailbot.mailbox import MailboxMessage, maildir_account
+from cme_mailbot.mailbox import MailboxError, MailboxMessage, maildir_account
 
 _UNIQUE = re.compile(r"M(\d+)P(\d+)Q(\d+)")
 
@@ -84,8 +84,11 @@ class MaildirMailbox:
             yield MailboxMessage(location=key, size=size, raw=raw)
 
     def file_many(self, locations: Sequence[str], folder: str) -> None:
-        for location in locations:
-            self.file(location, folder)
+        try:
+            for location in locations:
+                self.file(location, folder)
+        except OSError as exc:
+            raise MailboxError(f"maildir: cannot file into {folder}: {exc.strerror}") from None
 
     def file(self, location: str, folder: str) -> bool:
         target = self._open(folder)

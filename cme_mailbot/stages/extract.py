@@ -51,12 +51,19 @@ class Extraction:
     unreadable: list[str] = field(default_factory=list)  # why, per attachment (no child data)
 
 
+class ReaderUnavailable(Exception):
+    """The reader cannot read anything now (the sandbox could not start): not the message's
+    fault, so the message is tried again later rather than quarantined."""
+
+
 class MessageReader(Protocol):
     """A form reader that can also take a whole message (the sandboxed one): it parses the MIME
-    (`parse_message`) and runs `extract_forms` where the untrusted bytes are, and returns the
-    extraction; raises `ParseError` for a message that cannot be parsed."""
+    (`parse_message`) where the untrusted bytes are and, when `forms` is true, runs
+    `extract_forms` there too; returns the extraction (empty without `forms`). Raises
+    `ParseError` for a message that cannot be parsed, `ReaderUnavailable` when it cannot read
+    at all."""
 
-    def read_message(self, raw: bytes, limits: LimitsSettings) -> Extraction: ...
+    def read_message(self, raw: bytes, limits: LimitsSettings, *, forms: bool) -> Extraction: ...
 
 
 def declared_formats(filename: str, content_type: str) -> set[FormFormat]:

@@ -66,11 +66,16 @@ def parse_authentication_results(value: str) -> tuple[str, list[AuthResult]]:
     return authserv, results
 
 
+def _passes_for(r: AuthResult, method: str, from_domain: str) -> bool:
+    """`method=pass`, for the From domain the MTA evaluated (header.from, when given): a pass
+    for another domain than this message's From is no pass."""
+    evaluated = r.props.get("header.from", from_domain).strip().strip(".").lower()
+    return r.method == method and r.result == "pass" and evaluated == from_domain.lower()
+
+
 def _verdict_from(results: list[AuthResult], from_domain: str) -> AuthVerdict:
     for r in results:
-        # The pass is for the From domain the MTA saw (header.from): it must be this one.
-        evaluated = r.props.get("header.from", from_domain).strip().strip(".").lower()
-        if r.method == "dmarc" and r.result == "pass" and evaluated == from_domain.lower():
+        if _passes_for(r, "dmarc", from_domain):
             return AuthVerdict(True, "dmarc=pass")
     for r in results:
         if r.method == "dkim" and r.result == "pass":
@@ -93,7 +98,8 @@ def authenticate(msg: ParsedMessage, settings: SenderAuthSettings) -> AuthVerdic
             return AuthVerdict(False, "no Authentication-Results")
         _id, results = parse_authentication_results(headers[0])
         by = {r.method: r.result for r in results}
-        if by.get("compauth") == "pass" and by.get("dmarc") == "pass":
+        dmarc = any(_passes_for(r, "dmarc", from_domain) for r in results)
+        if by.get("compauth") == "pass" and dmarc:
             return AuthVerdict(True, "compauth=pass, dmarc=pass")
         return AuthVerdict(False, "Microsoft 365 did not pass compauth and dmarc")
     trusted = set(settings.trusted_authserv_ids)

@@ -1,0 +1,176 @@
+"""Deciding one message at a time, filing and answering a batch at once: never twice, never lost.
+
+The in-process bot (tests/data/harness.py) over a Maildir, an .eml outbox and SQLite, with
+faults injected where a real deployment meets them: the database failing while a batch is being
+recorded, a reply whose claim ran out and was taken over, a sandbox that cannot start.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session, col, select
+
+from cme_mailbot.config import LimitsSettings
+from cme_mailbot.forms import read_form
+from cme_mailbot.forms.fill import fill_pdf
+from cme_mailbot.models import InboundMessage, MessageState, OutboundEmail, OutboundState
+from cme_mailbot.pipeline import ReleaseError
+from cme_mailbot.samples import make_upn, referral_email, referral_values
+from cme_mailbot.sandbox import SandboxedReader, SandboxError
+from cme_mailbot.stages.extract import Extraction
+
+from .data.harness import Bot
+
+LONG_AGO = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+
+def referrals(n: int) -> list[bytes]:
+    today = dt.date.today()
+    out = []
+    for i in range(n):
+        values = referral_values(today, upn=make_upn(serial=300 + i), child_first_name=f"Kid{i}")
+        pdf = fill_pdf(values)
+        out.append(referral_email(subject=f"CME referral {i}", attachments=[("referral.pdf", pdf)]))
+    return out
+
+
+@pytest.fixture
+def bot() -> Iterator[Bot]:
+    with tempfile.TemporaryDirectory() as tmp:
+        b = Bot(Path(tmp), read_form)
+        yield b
+        b.engine.dispose()
+
+
+def outbox_rows(bot: Bot) -> list[OutboundEmail]:
+    with Session(bot.engine) as s:
+        return list(s.exec(select(OutboundEmail).order_by(col(OutboundEmail.id))).all())
+
+
+def test_a_batch_whose_recording_fails_is_never_answered_twice(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bot.deliver(*referrals(3))
+    real = bot.pipeline._record
+    calls = {"n": 0}
+
+    def flaky(*args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the database fails while the batch's second reply is recorded
+            raise OperationalError("UPDATE", {}, Exception("database is locked"))
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(bot.pipeline, "_record", flaky)
+    with pytest.raises(OperationalError):
+        bot.poll()
+    assert len(bot.sent_to()) == 2  # the first two went out once; the loop stopped there
+    monkeypatch.setattr(bot.pipeline, "_record", real)
+    # The unrecorded one is re-sent once its lease has run out (the documented window), and
+    # the third, never sent, too: nothing lost, nothing sent a third time.
+    with Session(bot.engine) as s:
+        s.execute(update(OutboundEmail).values(next_attempt_at=LONG_AGO))
+        s.execute(update(InboundMessage).values(lease_until=LONG_AGO))
+        s.commit()
+    bot.poll()
+    assert len(bot.sent_to()) == 3  # one file per Message-ID: the re-sent copy is the same
+    rows = outbox_rows(bot)
+    assert [r.state for r in rows] == [OutboundState.SENT] * 3
+    assert [r.attempts for r in rows] == [1, 2, 2]  # sent once, re-sent once, sent once
+    assert bot.inbox() == []
+
+
+def test_a_reply_taken_over_by_another_instance_is_not_sent_again(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bot.deliver(*referrals(1))
+    pipeline = bot.pipeline
+    real = pipeline._finish
+
+    def late(batch: list[Any]) -> None:
+        # Our claim ran out meanwhile, and another instance claimed and sent the reply.
+        with Session(bot.engine) as s:
+            s.execute(
+                update(OutboundEmail).values(
+                    attempts=OutboundEmail.attempts + 1, state=OutboundState.SENT
+                )
+            )
+            s.commit()
+        for d in batch:
+            for e in d.emails:
+                e.next_attempt_at = pipeline.clock() - dt.timedelta(seconds=1)
+        real(batch)
+
+    monkeypatch.setattr(pipeline, "_finish", late)
+    bot.poll()
+    assert bot.sent_to() == []  # the other instance sent it; we did not
+    [row] = outbox_rows(bot)
+    assert row.state is OutboundState.SENT and row.attempts == 2  # its record is kept
+
+
+def test_a_stale_claim_still_ours_is_renewed_and_sent(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bot.deliver(*referrals(1))
+    pipeline = bot.pipeline
+    real = pipeline._finish
+
+    def slow(batch: list[Any]) -> None:
+        for d in batch:
+            for e in d.emails:  # more than half the lease went by before the batch was sent
+                e.next_attempt_at = pipeline.clock() + dt.timedelta(seconds=1)
+        real(batch)
+
+    monkeypatch.setattr(pipeline, "_finish", slow)
+    bot.poll()
+    assert len(bot.sent_to()) == 1
+    [row] = outbox_rows(bot)
+    assert row.state is OutboundState.SENT and row.attempts == 1
+
+
+class _Unavailable(SandboxedReader):
+    def read_message(self, raw: bytes, limits: LimitsSettings, *, forms: bool) -> Extraction:
+        raise SandboxError("the sandbox worker did not start")
+
+
+def test_a_sandbox_that_cannot_start_leaves_messages_claimed_for_a_retry() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        bot = Bot(Path(tmp), _Unavailable(LimitsSettings()))
+        bot.deliver(*referrals(1))
+        summary = bot.poll()
+        assert summary.new == 1 and summary.done == 0
+        [row] = bot.messages()
+        assert row["state"] == "claimed" and row["outcome"] is None  # not quarantined
+        assert bot.sent_to() == [] and len(bot.inbox()) == 1
+        # Once it can read again, the message is taken up when its lease has run out.
+        with Session(bot.engine) as s:
+            s.execute(update(InboundMessage).values(lease_until=LONG_AGO))
+            s.commit()
+        bot.pipeline.read_form = read_form
+        bot.poll()
+        [row] = bot.messages()
+        assert row["outcome"] == "processed" and len(bot.sent_to()) == 1
+        bot.engine.dispose()
+
+
+def test_releasing_while_the_sandbox_cannot_start_changes_nothing() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        bot = Bot(Path(tmp), read_form)
+        bot.deliver(referral_email(attachments=[("referral.pdf", b"%PDF-1.7 damaged")]))
+        bot.poll()
+        [row] = bot.messages()
+        assert row["outcome"] == "quarantined"
+        bot.pipeline.read_form = _Unavailable(LimitsSettings())
+        with pytest.raises(ReleaseError, match="unavailable"):
+            bot.pipeline.release(row["id"])
+        with Session(bot.engine) as s:
+            again = s.get(InboundMessage, row["id"])
+            assert again is not None and again.state is MessageState.FILED  # can be released
+        bot.engine.dispose()
