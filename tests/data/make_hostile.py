@@ -436,7 +436,7 @@ EXPECTED: dict[str, str] = {
     "duplicate_from": "unauthenticated_sender",
     "deep_mime_nesting": "no_form",
     "pdf_circular_xref": "quarantined",
-    "pdf_prev_loop": "no_form",  # pypdf breaks the loop; a PDF with no fields is not a form
+    "pdf_prev_loop": "no_form",  # qpdf rebuilds the xref; empty /Fields: not a form
     "pdf_xrefstm_loop": "quarantined",
     "pdf_deep_arrays": "quarantined",
     "docx_with_macros": "quarantined",
