@@ -448,8 +448,7 @@ class Pipeline:
             for e in d.emails:
                 if not self._still_ours(e):
                     continue  # our claim ran out and another instance has taken it
-                delivery = self._deliver(e.id, e.raw, list(e.recipients), e.attempts)
-                self._record([delivery], filed=filed)
+                self._record([self._deliver(e)], filed=filed)
                 filed = []
         self._record([], filed=filed)
 
@@ -627,7 +626,7 @@ class Pipeline:
                 .values(state=MessageState.FILED, filed_at=self.clock())
             )
         for e in emails:
-            self._record([self._deliver(e.id, e.raw, list(e.recipients), e.attempts)], filed=[])
+            self._record([self._deliver(e)], filed=[])
         return verdict.outcome
 
     def _unclaim_filed(self, row_id: int) -> None:
@@ -881,19 +880,14 @@ class Pipeline:
     # ---- filing ---------------------------------------------------------------------------
 
     def _file(self, row_id: int, location: str, folder: str, *, mark: bool) -> None:
-        if self._move(location, folder) and mark:
-            with session_scope(self.engine) as s:
-                self._mark_filed(s, row_id, folder)
-
-    def _move(self, location: str, folder: str) -> bool:
-        """Move the message (True, also when it is no longer there); False if the mailbox
-        failed: the row stays DECIDED and the next pass files it."""
         try:
             self.mailbox.file(location, folder)
         except MailboxError as exc:
             log.warning("file_failed", error=str(exc))
-            return False
-        return True
+            return  # still DECIDED: the next pass files it
+        if mark:
+            with session_scope(self.engine) as s:
+                self._mark_filed(s, row_id, folder)
 
     def _mark_filed(self, s: Session, row_id: int, folder: str) -> None:
         s.execute(
@@ -970,21 +964,19 @@ class Pipeline:
                 return False
             email = s.get(OutboundEmail, email_id)
             assert email is not None
-            raw, recipients, attempts = email.raw, list(email.recipients), email.attempts
-        result = self._deliver(email_id, raw, recipients, attempts)
+        result = self._deliver(email)
         self._record([result], filed=[])
         return result.state is OutboundState.SENT
 
-    def _deliver(
-        self, email_id: int | None, raw: bytes, recipients: list[str], attempts: int
-    ) -> _Delivery:
-        """Hand one claimed email to the transport; what to record about it."""
+    def _deliver(self, email: OutboundEmail) -> _Delivery:
+        """Hand one email we hold the claim on to the transport; what to record about it."""
+        email_id, attempts = email.id, email.attempts
         assert email_id is not None
         now = self.clock()
         sender = self.settings.outbound.from_address
         state, error, retry_at = OutboundState.SENT, None, now
         try:
-            refused = self.transport.send(raw, sender, recipients)
+            refused = self.transport.send(email.raw, sender, list(email.recipients))
             if refused:
                 error = f"{len(refused)} recipient(s) refused"
         except TemporaryFailure as exc:

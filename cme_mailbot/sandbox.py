@@ -88,19 +88,16 @@ class SandboxedReader:
             try:
                 reply = worker.read(filename, content_type, data)
             except FormUnreadable:
-                worker.kill()
-                self._worker = None
+                self._retire(kill=True)
                 raise
             except Exception as exc:  # an I/O failure on our side: the file is not to blame
-                worker.kill()
-                self._worker = None
+                self._retire(kill=True)
                 raise FormUnreadable(
                     f"the sandboxed reader failed ({type(exc).__name__})"
                 ) from None
             if reply.get("status") != "form" and reply.get("status") != "none":
                 # Retire a worker that met a file it could not read: its heap may be damaged.
-                worker.stop()
-                self._worker = None
+                self._retire()
             return _to_form(reply, filename)
 
     def read_message(self, raw: bytes, limits: LimitsSettings, *, forms: bool) -> Extraction:
@@ -123,8 +120,7 @@ class SandboxedReader:
             try:
                 reply = worker.request(meta, raw, what="message")
             except Exception as exc:
-                worker.kill()
-                self._worker = None
+                self._retire(kill=True)
                 reason = (
                     str(exc)
                     if isinstance(exc, FormUnreadable)  # a limit breach, or a crash
@@ -135,8 +131,7 @@ class SandboxedReader:
                 return Extraction(unreadable=[reason])
             status = reply.get("status")
             if status == "unparseable":
-                worker.stop()
-                self._worker = None
+                self._retire()
                 why = reply.get("reason")
                 raise ParseError(
                     why[:_MAX_REASON_CHARS]
@@ -150,16 +145,21 @@ class SandboxedReader:
             if not forms and (extraction.forms or extraction.unreadable):
                 extraction = Extraction(unreadable=["the sandboxed reader gave a malformed answer"])
             if extraction.unreadable:
-                worker.stop()  # it met a file it could not read: its heap may be damaged
-                self._worker = None
+                self._retire()  # it met a file it could not read: its heap may be damaged
             return extraction
+
+    def _retire(self, *, kill: bool = False) -> None:
+        """Take the current worker out of service (ended, or killed after a breach)."""
+        worker, self._worker = self._worker, None
+        if worker is not None and kill:
+            worker.kill()
+        elif worker is not None:
+            worker.stop()
 
     def _ready_worker(self) -> _Worker:
         worker = self._worker
         if worker is None or not worker.alive() or worker.files >= self.max_files_per_worker:
-            if worker is not None:
-                worker.stop()
-            self._worker = None
+            self._retire()
             try:
                 worker = _Worker(self.limits, self.reader)
             except OSError as exc:  # no fork, no pipes: nothing to do with any message
@@ -171,9 +171,7 @@ class SandboxedReader:
 
     def close(self) -> None:
         with self._lock:
-            if self._worker is not None:
-                self._worker.stop()
-                self._worker = None
+            self._retire()
 
 
 def _to_form(reply: dict[str, Any], filename: str) -> ExtractedForm | None:
