@@ -40,6 +40,7 @@ import email.utils
 import io
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -516,15 +517,35 @@ class Drain:
     tree_kb: int = 0  # peak of the summed VmRSS of the poll process and all its descendants
     processes: int = 1  # poll processes seen (the parent and its helpers)
     stderr_tail: str = ""
+    cpu_poll: float = 0.0  # CPU seconds of the poll process and its waited-for children
+    cpu_dovecot: float = 0.0  # CPU seconds of the Dovecot processes during the drain
+    cpu_bench: float = 0.0  # CPU seconds of this process (the SMTP sink) during the drain
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its live descendants, each with its reaped children."""
+    ticks = 0
+    for p in [pid, *_descendants(pid)]:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def drain(live: Deployment, profile: Path | None = None) -> Drain:
-    """`cme-mailbot poll --once` until it exits; wall time and peak RSS."""
+    """`cme-mailbot poll --once` until it exits; wall time, peak RSS and CPU by process."""
     argv = live.argv("poll", "--once")
     if profile is not None:
         argv = [sys.executable, "-m", "cProfile", "-o", str(profile), *argv[1:]]
     err_path = live.root / "poll.stderr"
     out_path = live.root / "poll.stdout"
+    dovecot = live.dovecot._proc.pid if live.dovecot._proc else 0
+    dovecot_cpu, bench_cpu = _tree_cpu(dovecot) if dovecot else 0.0, _self_cpu()
     with err_path.open("wb") as err, out_path.open("wb") as out:
         started = time.perf_counter()
         proc = subprocess.Popen(
@@ -554,12 +575,15 @@ def drain(live: Deployment, profile: Path | None = None) -> Drain:
             raise
         seconds = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
+    dovecot_cpu = (_tree_cpu(dovecot) if dovecot else 0.0) - dovecot_cpu
+    bench_cpu = _self_cpu() - bench_cpu
     stderr = err_path.read_text(errors="replace")
     if proc.returncode != 0:
         raise BenchError(f"poll --once exited {proc.returncode}:\n{stderr[-3000:]}")
     summary = out_path.read_text().strip().splitlines()[-1]
     return Drain(seconds, summary, poller, worker, usage.ru_maxrss, tree, len(pollers),
-                 stderr[-2000:])  # fmt: skip
+                 stderr[-2000:], usage.ru_utime + usage.ru_stime, dovecot_cpu,
+                 bench_cpu)  # fmt: skip
 
 
 def _wait(predicate: Callable[[], bool], timeout: float, what: str, step: float = 0.002) -> None:
@@ -662,6 +686,10 @@ def table(r: Results, database: str) -> tuple[str, bool]:
         rows.append(("throughput ratio drain/baseline", f"{ratio:.2f}",
                      f">= {TARGET_RATIO:.2f}  {_verdict(ok)}"))  # fmt: skip
         d = r.drain
+        per = 1000 / n
+        rows.append(("CPU per message: poll processes + workers", f"{d.cpu_poll * per:.1f} ms",
+                     f"Dovecot {d.cpu_dovecot * per:.1f} ms; SMTP sink (this process) "
+                     f"{d.cpu_bench * per:.1f} ms"))  # fmt: skip
         rows.append((f"peak RSS poller (this drain, {d.processes} process(es))", _mb(d.poller_kb),
                      f"worker {_mb(d.worker_kb)}; all together {_mb(d.tree_kb)}"))  # fmt: skip
     if r.ack:

@@ -21,12 +21,12 @@ import time
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import structlog
-from sqlalchemy import ColumnElement, func, update
+from sqlalchemy import ColumnElement, bindparam, delete, func, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -139,6 +139,69 @@ class Share:
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
+
+
+# Statements run for every message, built once (building one costs more than running it) and
+# run as Core statements (the ORM's bookkeeping is not needed for a row updated by its key).
+_IN = InboundMessage.__table__  # type: ignore[attr-defined]
+_OUT = OutboundEmail.__table__  # type: ignore[attr-defined]
+_MARK_FILED = (
+    update(_IN)
+    .where(_IN.c.id == bindparam("row_id"))
+    .values(
+        state=MessageState.FILED,
+        filed_at=bindparam("at"),
+        filed_folder=bindparam("b_folder"),
+        lease_until=None,
+    )
+)
+_MARK_DECIDED = (
+    update(_IN)
+    .where(_IN.c.id == bindparam("row_id"))
+    .where(_IN.c.state == MessageState.CLAIMED)
+    .where(_IN.c.claimed_by == bindparam("instance"))
+    .values(
+        state=MessageState.DECIDED,
+        outcome=bindparam("b_outcome"),
+        detail=bindparam("b_detail"),
+        decided_at=bindparam("at"),
+        subject=bindparam("b_subject"),
+        lease_until=bindparam("lease"),
+    )
+)
+_RECORD_DELIVERY = (
+    update(_OUT)
+    .where(_OUT.c.id == bindparam("email_id"))
+    # Only our own attempt: never undo what a later claimant recorded.
+    .where(_OUT.c.state == OutboundState.PENDING)
+    .where(_OUT.c.attempts == bindparam("attempt"))
+    .values(
+        state=bindparam("new_state"),
+        last_error=bindparam("error"),
+        next_attempt_at=bindparam("retry_at"),
+        sent_at=bindparam("sent_at"),
+    )
+)
+
+# A group of messages claimed together holds at most this many bytes (and `file_batch`
+# messages), so a backlog of large messages is never all in memory at once.
+_GROUP_BYTES = 4 << 20
+
+
+def _groups(
+    messages: Iterable[MailboxMessage], count: int, budget: int
+) -> Iterator[list[MailboxMessage]]:
+    """The messages in order, a few at a time: up to `count` of them and about `budget` bytes."""
+    group: list[MailboxMessage] = []
+    size = 0
+    for mm in messages:
+        group.append(mm)
+        size += len(mm.raw) if mm.raw is not None else 0
+        if len(group) >= count or size >= budget:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
 
 
 class _Skip:
@@ -287,24 +350,29 @@ class Pipeline:
         # Well inside the lease that keeps other instances off decided messages and their replies.
         max_age = self.settings.poller.lease_seconds / 4
         try:
-            for mm in messages:
+            for group in _groups(messages, self.settings.poller.file_batch, _GROUP_BYTES):
+                claims = self._claim_many(group)  # one transaction for the group
+                for k, (mm, claim) in enumerate(zip(group, claims, strict=True)):
+                    if self.stop_requested.is_set():
+                        self._unclaim_fresh([c[0] for c in claims[k:] if c and c[1]])
+                        return
+                    summary.new += 1
+                    decided = self._decide(mm, claim)
+                    if decided is None:
+                        continue
+                    if not batch:
+                        started = time.monotonic()
+                    batch.append(decided)
+                    summary.done += 1
+                    summary.outcomes[decided.outcome.value] += 1
+                    if progress:
+                        progress(f"message {summary.done}: {decided.outcome.value}")
+                    full = len(batch) >= self.settings.poller.file_batch
+                    if full or time.monotonic() - started > max_age:
+                        done, batch = batch, []
+                        self._finish(done)
                 if self.stop_requested.is_set():
-                    break
-                summary.new += 1
-                decided = self._decide(mm)
-                if decided is None:
-                    continue
-                if not batch:
-                    started = time.monotonic()
-                batch.append(decided)
-                summary.done += 1
-                summary.outcomes[decided.outcome.value] += 1
-                if progress:
-                    progress(f"message {summary.done}: {decided.outcome.value}")
-                full = len(batch) >= self.settings.poller.file_batch
-                if full or time.monotonic() - started > max_age:
-                    done, batch = batch, []
-                    self._finish(done)
+                    return
         finally:  # decided ones are filed and answered whatever stopped the loop
             if batch:
                 done, batch = batch, []
@@ -410,17 +478,17 @@ class Pipeline:
         """Take one message from the mailbox to a committed, filed outcome. Never raises for
         anything the message contains; returns None when the message is not ours to handle now
         (another instance holds it)."""
-        decided = self._decide(mm)
+        decided = self._decide(mm, self._claim(mm))
         if decided is None:
             return None
         self._finish([decided])
         return decided.outcome
 
-    def _decide(self, mm: MailboxMessage) -> _Decided | None:
-        """Claim, judge and commit the decision (with its replies, claimed by us)."""
+    def _decide(self, mm: MailboxMessage, claim: tuple[int, bool] | None) -> _Decided | None:
+        """Judge a message we claimed (`_claim`) and commit the decision (with its replies,
+        claimed by us)."""
         bound = structlog.contextvars.bound_contextvars
         forget_sensitive()
-        claim = self._claim(mm)
         if claim is None:
             return None
         row_id, fresh = claim
@@ -469,7 +537,30 @@ class Pipeline:
 
     def _claim(self, mm: MailboxMessage) -> tuple[int, bool] | None:
         """(ledger id, whether the row is new) once this instance holds the message."""
+        return self._claim_many([mm])[0]
+
+    def _claim_many(self, mms: list[MailboxMessage]) -> list[tuple[int, bool] | None]:
+        """Claim several messages in one transaction: for each, (ledger id, whether the row is
+        new) once this instance holds it, or None. Should any of them be known already (a
+        unique key says so), each is claimed on its own instead."""
         now = self.clock()
+        rows = [self._ledger_row(mm, now) for mm in mms]
+        try:
+            with session_scope(self.engine) as s:
+                s.add_all(rows)
+                s.flush()
+                for row, mm in zip(rows, mms, strict=True):
+                    assert row.id is not None
+                    if mm.raw is not None:
+                        s.add(MessageBlob(inbound_id=row.id, raw=mm.raw))
+        except IntegrityError:
+            if len(mms) > 1:
+                return [self._claim_many([mm])[0] for mm in mms]
+            taken = self._claim_existing(mms[0], rows[0].dedupe_key)
+            return [None if taken is None else (taken, False)]
+        return [(cast(int, row.id), True) for row in rows]
+
+    def _ledger_row(self, mm: MailboxMessage, now: dt.datetime) -> InboundMessage:
         if mm.raw is None:
             sha, message_id, sender = "", None, None
             dedupe = f"oversize:{self.mailbox.account}:{self.mailbox.folder}:{mm.location}"
@@ -482,32 +573,36 @@ class Pipeline:
             except Exception:  # hostile headers: identify the message by its bytes alone
                 message_id, sender = None, None
             dedupe = f"mid:{message_id} from:{sender}" if message_id else f"sha256:{sha}"
-        try:
-            with session_scope(self.engine) as s:
-                row = InboundMessage(
-                    account=self.mailbox.account,
-                    folder=self.mailbox.folder,
-                    location=mm.location,
-                    dedupe_key=dedupe[:900],
-                    message_id=message_id[:900] if message_id else None,
-                    sha256=sha,
-                    size=mm.size,
-                    sender=sender,
-                    received_at=now,
-                    state=MessageState.CLAIMED,
-                    attempts=1,
-                    claimed_by=self.instance,
-                    lease_until=now + self._lease,
-                )
-                s.add(row)
-                s.flush()
-                assert row.id is not None
-                if mm.raw is not None:
-                    s.add(MessageBlob(inbound_id=row.id, raw=mm.raw))
-                return row.id, True
-        except IntegrityError:
-            taken = self._claim_existing(mm, dedupe)
-            return None if taken is None else (taken, False)
+        return InboundMessage(
+            account=self.mailbox.account,
+            folder=self.mailbox.folder,
+            location=mm.location,
+            dedupe_key=dedupe[:900],
+            message_id=message_id[:900] if message_id else None,
+            sha256=sha,
+            size=mm.size,
+            sender=sender,
+            received_at=now,
+            state=MessageState.CLAIMED,
+            attempts=1,
+            claimed_by=self.instance,
+            lease_until=now + self._lease,
+        )
+
+    def _unclaim_fresh(self, row_ids: list[int]) -> None:
+        """Give back messages claimed with a batch but not started (a stop was asked for), as
+        if never claimed: the next pass, ours or another instance's, takes them at once."""
+        if not row_ids:
+            return
+        with session_scope(self.engine) as s:
+            mine = s.exec(
+                select(InboundMessage.id)
+                .where(col(InboundMessage.id).in_(row_ids))
+                .where(InboundMessage.state == MessageState.CLAIMED)
+                .where(InboundMessage.claimed_by == self.instance)
+            ).all()
+            s.execute(delete(MessageBlob).where(col(MessageBlob.inbound_id).in_(mine)))
+            s.execute(delete(InboundMessage).where(col(InboundMessage.id).in_(mine)))
 
     def _claim_existing(self, mm: MailboxMessage, dedupe: str) -> int | None:
         now = self.clock()
@@ -773,23 +868,21 @@ class Pipeline:
         now = self.clock()
         queued: list[OutboundEmail] = []
         with session_scope(self.engine) as s:
-            moved = s.execute(
-                update(InboundMessage)
-                .where(col(InboundMessage.id) == row_id)
-                .where(col(InboundMessage.state) == MessageState.CLAIMED)
-                .where(col(InboundMessage.claimed_by) == self.instance)
-                .values(
-                    state=MessageState.DECIDED,
-                    outcome=verdict.outcome,
-                    detail=verdict.detail[:1000],
-                    decided_at=now,
-                    subject=(verdict.parsed.subject[:998] if verdict.parsed else None),
+            moved = s.connection().execute(
+                _MARK_DECIDED,
+                {
+                    "row_id": row_id,
+                    "instance": self.instance,
+                    "b_outcome": verdict.outcome,
+                    "b_detail": verdict.detail[:1000],
+                    "at": now,
+                    "b_subject": verdict.parsed.subject[:998] if verdict.parsed else None,
                     # The lease is kept until filing: no other instance files it meanwhile
                     # (two concurrent MOVEs of one UID can leave two copies on some servers).
-                    lease_until=now + self._lease,
-                )
+                    "lease": now + self._lease,
+                },
             )
-            if moved.rowcount != 1:  # type: ignore[attr-defined]
+            if moved.rowcount != 1:
                 raise _LostClaim
             parsed = verdict.parsed
             context: dict[str, Any] = {"outcome": verdict.outcome.value}
@@ -890,15 +983,8 @@ class Pipeline:
                 self._mark_filed(s, row_id, folder)
 
     def _mark_filed(self, s: Session, row_id: int, folder: str) -> None:
-        s.execute(
-            update(InboundMessage)
-            .where(col(InboundMessage.id) == row_id)
-            .values(
-                state=MessageState.FILED,
-                filed_at=self.clock(),
-                filed_folder=folder,
-                lease_until=None,
-            )
+        s.connection().execute(
+            _MARK_FILED, {"row_id": row_id, "b_folder": folder, "at": self.clock()}
         )
 
     def _may_file(self, row: InboundMessage, now: dt.datetime) -> bool:
@@ -998,22 +1084,27 @@ class Pipeline:
         """One transaction: what became of these emails, and which messages were filed."""
         if not deliveries and not filed:
             return
-        with session_scope(self.engine) as s:
-            for row_id, folder in filed:
-                self._mark_filed(s, row_id, folder)
-            for d in deliveries:
-                s.execute(
-                    update(OutboundEmail)
-                    .where(col(OutboundEmail.id) == d.email_id)
-                    # Only our own attempt: never undo what a later claimant recorded.
-                    .where(col(OutboundEmail.state) == OutboundState.PENDING)
-                    .where(col(OutboundEmail.attempts) == d.attempts)
-                    .values(
-                        state=d.state,
-                        last_error=d.error,
-                        next_attempt_at=d.retry_at,
-                        sent_at=self.clock() if d.state is OutboundState.SENT else None,
-                    )
+        now = self.clock()
+        with self.engine.begin() as conn:
+            if filed:
+                conn.execute(
+                    _MARK_FILED,
+                    [{"row_id": row_id, "b_folder": folder, "at": now} for row_id, folder in filed],
+                )
+            if deliveries:
+                conn.execute(
+                    _RECORD_DELIVERY,
+                    [
+                        {
+                            "email_id": d.email_id,
+                            "attempt": d.attempts,
+                            "new_state": d.state,
+                            "error": d.error,
+                            "retry_at": d.retry_at,
+                            "sent_at": now if d.state is OutboundState.SENT else None,
+                        }
+                        for d in deliveries
+                    ],
                 )
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 import weakref
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from cme_mailbot.models import ReferenceCounter
 
@@ -34,12 +34,15 @@ def ensure_counter(engine: Engine, year: int) -> None:
         _ensured.setdefault(engine, set()).add(year)
 
 
+_NEXT = (
+    update(ReferenceCounter.__table__)  # type: ignore[attr-defined]
+    .where(ReferenceCounter.__table__.c.year == bindparam("y"))  # type: ignore[attr-defined]
+    .values(last=ReferenceCounter.__table__.c.last + 1)  # type: ignore[attr-defined]
+    .returning(ReferenceCounter.__table__.c.last)  # type: ignore[attr-defined]
+)
+
+
 def next_reference(session: Session, year: int) -> str:
     """Allocate the next reference inside the caller's transaction (the row lock serialises)."""
-    session.execute(
-        update(ReferenceCounter)
-        .where(col(ReferenceCounter.year) == year)
-        .values(last=ReferenceCounter.last + 1)
-    )
-    last = session.exec(select(ReferenceCounter.last).where(ReferenceCounter.year == year)).one()
+    last = session.connection().execute(_NEXT, {"y": year}).scalar_one()
     return f"CME-{year}-{last:05d}"

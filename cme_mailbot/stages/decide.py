@@ -7,16 +7,13 @@ form results and the replies (the transactional outbox) are written together or 
 from __future__ import annotations
 
 import datetime as dt
-import email.policy
-import email.utils
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from typing import Any
 
-from sqlalchemy import func, or_
-from sqlmodel import Session, col, select
+from sqlalchemy import bindparam, func, or_
+from sqlmodel import Session, select
 
 from cme_mailbot.config import Settings
 from cme_mailbot.forms import ExtractedForm
@@ -51,32 +48,43 @@ class Decided:
     emails: list[OutboundEmail] = field(default_factory=list)
 
 
+_REFERRALS = Referral.__table__  # type: ignore[attr-defined]
+_OPEN = select(_REFERRALS.c.reference).where(_REFERRALS.c.status == ReferralStatus.OPEN)
+_BY_UPN = _REFERRALS.c.upn == bindparam("upn")
+_BY_NAME = (
+    (func.lower(_REFERRALS.c.child_first_name) == bindparam("first"))
+    & (func.lower(_REFERRALS.c.child_last_name) == bindparam("last"))
+    & (_REFERRALS.c.child_dob == bindparam("dob"))
+)
+# Built once: this runs for every form, and building the statement cost more than running it.
+_FIND_OPEN = {
+    (True, False): _OPEN.where(_BY_UPN),
+    (False, True): _OPEN.where(_BY_NAME),
+    (True, True): _OPEN.where(or_(_BY_UPN, _BY_NAME)),
+}
+
+
 def find_open_referral(session: Session, values: Mapping[str, object]) -> str | None:
-    """Rule 9: an open referral for the same child (same UPN, or same name and date of birth)."""
-    conditions = []
+    """Rule 9: an open referral for the same child (same UPN, or same name and date of birth).
+
+    Sees referrals flushed earlier in the caller's transaction (siblings in one email)."""
     upn = values.get("upn")
-    if isinstance(upn, str) and upn:
-        conditions.append(col(Referral.upn) == upn)
     first, last, dob = (
         values.get("child_first_name"),
         values.get("child_last_name"),
         values.get("child_dob"),
     )
-    if isinstance(first, str) and isinstance(last, str) and isinstance(dob, dt.date):
-        conditions.append(
-            (func.lower(col(Referral.child_first_name)) == first.lower())
-            & (func.lower(col(Referral.child_last_name)) == last.lower())
-            & (col(Referral.child_dob) == dob)
-        )
-    if not conditions:
+    by_upn = isinstance(upn, str) and bool(upn)
+    by_name = isinstance(first, str) and isinstance(last, str) and isinstance(dob, dt.date)
+    if not (by_upn or by_name):
         return None
-    ref = session.exec(
-        select(Referral.reference)
-        .where(Referral.status == ReferralStatus.OPEN)
-        .where(or_(*conditions))
-        .order_by(col(Referral.id))
-    ).first()
-    return ref
+    params: dict[str, object] = {"upn": upn}
+    if by_name:
+        assert isinstance(first, str) and isinstance(last, str)
+        params.update(first=first.lower(), last=last.lower(), dob=dob)
+    stmt = _FIND_OPEN[(by_upn, by_name)].order_by(_REFERRALS.c.id).limit(1)
+    ref = session.connection().execute(stmt, params).scalar()
+    return None if ref is None else str(ref)
 
 
 # Words a school's subject line may hold that are not a child's name.
@@ -149,7 +157,7 @@ class Composer:
         thread: Threading | None,
     ) -> OutboundEmail:
         ob = self.settings.outbound
-        msg: EmailMessage = self.renderer.build(
+        message_id, raw = self.renderer.compose(
             template,
             {**self.common(), **context},
             from_address=ob.from_address,
@@ -160,10 +168,10 @@ class Composer:
         return OutboundEmail(
             inbound_id=inbound_id,
             kind=kind,
-            message_id=str(msg["Message-ID"]),
+            message_id=message_id,
             recipients=list(to),
             reply_to=to[0] if kind == "reply" else None,
-            raw=msg.as_bytes(policy=email.policy.SMTP),  # CRLF line endings, as on the wire
+            raw=raw,  # CRLF line endings, as on the wire
         )
 
 
