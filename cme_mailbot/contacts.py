@@ -7,6 +7,7 @@ import io
 import re
 from dataclasses import dataclass
 
+from sqlalchemy import bindparam
 from sqlmodel import Session, col, select
 
 from cme_mailbot.models import ApprovedContact, AuditEvent, ContactSchool, School
@@ -50,15 +51,18 @@ def _find(session: Session, email: str, scope: str) -> ApprovedContact | None:
     ).first()
 
 
+_SCHOOLS_OF = (
+    select(ContactSchool.school_urn)
+    .join(ApprovedContact, col(ApprovedContact.id) == col(ContactSchool.contact_id))
+    .where(col(ApprovedContact.email) == bindparam("email"))
+    .where(col(ApprovedContact.scope) == bindparam("scope"))
+)  # built once: it runs for every message
+
+
 def schools_of(session: Session, address: str, scope: str = DEFAULT_SCOPE) -> frozenset[str]:
     """The URNs an address may refer for in a mailbox's list; empty when it is not approved."""
-    rows = session.exec(
-        select(ContactSchool.school_urn)
-        .join(ApprovedContact, col(ApprovedContact.id) == col(ContactSchool.contact_id))
-        .where(ApprovedContact.email == address.strip().lower())
-        .where(ApprovedContact.scope == scope)
-    ).all()
-    return frozenset(rows)
+    params = {"email": address.strip().lower(), "scope": scope}
+    return frozenset(session.connection().execute(_SCHOOLS_OF, params).scalars())
 
 
 def add_contact(

@@ -83,6 +83,17 @@ class OutboundState(enum.StrEnum):
     FAILED = "failed"  # permanent failure, shown to operators
 
 
+def row_values(obj: SQLModel) -> dict[str, Any]:
+    """A table model object's column values, for a Core insert (no ORM unit of work: it cost
+    more than the rest of the decision). An unset primary key is left to the database."""
+    table = type(obj).__table__  # type: ignore[attr-defined]
+    values = {c.key: getattr(obj, c.key) for c in table.columns}
+    for c in table.primary_key.columns:
+        if values.get(c.key) is None:
+            values.pop(c.key, None)
+    return values
+
+
 class ReferralStatus(enum.StrEnum):
     OPEN = "open"
     CLOSED = "closed"

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import structlog
-from sqlalchemy import ColumnElement, bindparam, delete, func, update
+from sqlalchemy import ColumnElement, bindparam, delete, func, insert, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -44,6 +44,7 @@ from cme_mailbot.models import (
     OutboundState,
     Outcome,
     PollerStatus,
+    row_values,
     utcnow,
 )
 from cme_mailbot.redact import forget_sensitive, remember_sensitive
@@ -145,6 +146,9 @@ class Share:
 # run as Core statements (the ORM's bookkeeping is not needed for a row updated by its key).
 _IN = InboundMessage.__table__  # type: ignore[attr-defined]
 _OUT = OutboundEmail.__table__  # type: ignore[attr-defined]
+_BLOB = MessageBlob.__table__  # type: ignore[attr-defined]
+_INSERT_OUTBOUND = insert(_OUT).returning(_OUT.c.id)
+_INSERT_LEDGER = insert(_IN).returning(_IN.c.id, sort_by_parameter_order=True)
 _MARK_FILED = (
     update(_IN)
     .where(_IN.c.id == bindparam("row_id"))
@@ -546,19 +550,23 @@ class Pipeline:
         now = self.clock()
         rows = [self._ledger_row(mm, now) for mm in mms]
         try:
-            with session_scope(self.engine) as s:
-                s.add_all(rows)
-                s.flush()
-                for row, mm in zip(rows, mms, strict=True):
-                    assert row.id is not None
-                    if mm.raw is not None:
-                        s.add(MessageBlob(inbound_id=row.id, raw=mm.raw))
+            with self.engine.begin() as conn:
+                ids = list(
+                    conn.execute(_INSERT_LEDGER, [row_values(row) for row in rows]).scalars()
+                )
+                blobs = [
+                    {"inbound_id": row_id, "raw": mm.raw}
+                    for row_id, mm in zip(ids, mms, strict=True)
+                    if mm.raw is not None
+                ]
+                if blobs:
+                    conn.execute(insert(_BLOB), blobs)
         except IntegrityError:
             if len(mms) > 1:
                 return [self._claim_many([mm])[0] for mm in mms]
             taken = self._claim_existing(mms[0], rows[0].dedupe_key)
             return [None if taken is None else (taken, False)]
-        return [(cast(int, row.id), True) for row in rows]
+        return [(row_id, True) for row_id in ids]
 
     def _ledger_row(self, mm: MailboxMessage, now: dt.datetime) -> InboundMessage:
         if mm.raw is None:
@@ -922,9 +930,10 @@ class Pipeline:
                     log.warning("reply_rate_limited")
             # Claimed by this instance, as `_send_one` would: sent right after filing. Should we
             # die first, anyone sends them once the lease has run out.
+            conn = s.connection()
             for email in queued:
                 email.attempts, email.next_attempt_at = 1, now + self._lease
-                s.add(email)
+                email.id = conn.execute(_INSERT_OUTBOUND, row_values(email)).scalar_one()
         return queued
 
     def _safeguarding_alerts(self, row_id: int, outcomes: list[Any]) -> list[OutboundEmail]:

@@ -35,6 +35,7 @@ class Renderer:
         directory = templates_dir or TEMPLATES_DIR
         self._text = Environment(
             loader=FileSystemLoader(str(directory)),
+            auto_reload=False,  # templates are read once: no stat() of three files per reply
             undefined=StrictUndefined,
             autoescape=False,  # noqa: S701 - plain-text parts are not HTML
             trim_blocks=True,
@@ -43,6 +44,7 @@ class Renderer:
         )
         self._html = Environment(
             loader=FileSystemLoader(str(directory)),
+            auto_reload=False,  # templates are read once: no stat() of three files per reply
             undefined=StrictUndefined,
             autoescape=select_autoescape(default=True),
             trim_blocks=True,

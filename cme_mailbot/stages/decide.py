@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, func, or_
+from sqlalchemy import bindparam, func, insert, or_
 from sqlmodel import Session, select
 
 from cme_mailbot.config import Settings
@@ -24,6 +24,7 @@ from cme_mailbot.models import (
     Outcome,
     Referral,
     ReferralStatus,
+    row_values,
 )
 from cme_mailbot.redact import REDACTED, UPN_PATTERN
 from cme_mailbot.references import next_reference
@@ -58,9 +59,12 @@ _BY_NAME = (
 )
 # Built once: this runs for every form, and building the statement cost more than running it.
 _FIND_OPEN = {
-    (True, False): _OPEN.where(_BY_UPN),
-    (False, True): _OPEN.where(_BY_NAME),
-    (True, True): _OPEN.where(or_(_BY_UPN, _BY_NAME)),
+    key: _OPEN.where(where).order_by(_REFERRALS.c.id).limit(1)
+    for key, where in (
+        ((True, False), _BY_UPN),
+        ((False, True), _BY_NAME),
+        ((True, True), or_(_BY_UPN, _BY_NAME)),
+    )
 }
 
 
@@ -82,8 +86,7 @@ def find_open_referral(session: Session, values: Mapping[str, object]) -> str | 
     if by_name:
         assert isinstance(first, str) and isinstance(last, str)
         params.update(first=first.lower(), last=last.lower(), dob=dob)
-    stmt = _FIND_OPEN[(by_upn, by_name)].order_by(_REFERRALS.c.id).limit(1)
-    ref = session.connection().execute(stmt, params).scalar()
+    ref = session.connection().execute(_FIND_OPEN[(by_upn, by_name)], params).scalar()
     return None if ref is None else str(ref)
 
 
@@ -210,6 +213,7 @@ def decide_forms(
     )
     outcomes: list[FormOutcome] = []
     first_reference: str | None = None
+    conn = session.connection()
     for form in forms:
         result = rulebook.validate(form.fields, ctx)
         if result.failures:
@@ -229,19 +233,18 @@ def decide_forms(
             for key, value in result.values.items():
                 if key in Referral.model_fields:
                     setattr(referral, key, value)
-            session.add(referral)
-            session.flush()  # later forms in this email see it (duplicates, siblings)
+            # Written at once: later forms in this email see it (duplicates, siblings).
+            conn.execute(insert(_REFERRALS), row_values(referral))
             first_reference = first_reference or reference
-        session.add(
-            FormResult(
-                inbound_id=inbound_id,
-                filename=form.filename,
-                result=kind,
-                reference=reference,
-                reasons=[_reason(f) for f in result.failures],
-                warnings=[_reason(w) for w in result.warnings],
-            )
+        row = FormResult(
+            inbound_id=inbound_id,
+            filename=form.filename,
+            result=kind,
+            reference=reference,
+            reasons=[_reason(f) for f in result.failures],
+            warnings=[_reason(w) for w in result.warnings],
         )
+        conn.execute(insert(FormResult.__table__), row_values(row))  # type: ignore[attr-defined]
         outcomes.append(FormOutcome(form, result, kind, reference))
     return outcomes
 
