@@ -174,3 +174,85 @@ def test_releasing_while_the_sandbox_cannot_start_changes_nothing() -> None:
             again = s.get(InboundMessage, row["id"])
             assert again is not None and again.state is MessageState.FILED  # can be released
         bot.engine.dispose()
+
+
+# ---- claiming a group of messages in one transaction ------------------------------------------
+
+
+def test_a_group_is_claimed_in_one_transaction_and_each_answered_once(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bot.deliver(*referrals(5))
+    pipeline = bot.pipeline
+    groups: list[int] = []
+    real = pipeline._claim_many
+
+    def counted(mms: list[Any]) -> list[Any]:
+        groups.append(len(mms))
+        return real(mms)
+
+    monkeypatch.setattr(pipeline, "_claim_many", counted)
+    summary = bot.poll()
+    assert groups == [5]  # file_batch (20) holds them all
+    assert summary.new == 5 and summary.done == 5
+    assert len(bot.sent_to()) == 5 and bot.inbox() == []
+    assert [m["outcome"] for m in bot.messages()] == ["processed"] * 5
+
+
+def test_a_copy_in_the_same_group_falls_back_to_claims_one_by_one(bot: Bot) -> None:
+    [raw] = referrals(1)
+    bot.deliver(raw, raw)  # the same message twice: one Message-ID, one sender
+    summary = bot.poll()
+    # The group's insert meets the unique key; each is then claimed on its own: the first is
+    # decided and answered, the copy is left for a later pass (its twin was being decided).
+    assert summary.done == 1 and len(bot.sent_to()) == 1
+    bot.poll()
+    assert len(bot.sent_to()) == 1  # the copy is filed where the original went, unanswered
+    assert bot.inbox() == []
+    [row] = bot.messages()
+    assert row["outcome"] == "processed"
+
+
+def test_a_stop_mid_group_gives_back_the_claims_not_started(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bot.deliver(*referrals(4))
+    pipeline = bot.pipeline
+    real = pipeline._decide
+    seen = {"n": 0}
+
+    def then_stop(mm: Any, claim: Any) -> Any:
+        seen["n"] += 1
+        out = real(mm, claim)
+        if seen["n"] == 2:
+            pipeline.stop_requested.set()  # SIGTERM while the second message is in hand
+        return out
+
+    monkeypatch.setattr(pipeline, "_decide", then_stop)
+    summary = bot.poll()
+    assert summary.new == 2 and summary.done == 2
+    assert len(bot.sent_to()) == 2  # the two decided were filed and answered
+    # The other two are not in the ledger at all: no lease to wait for.
+    assert len(bot.messages()) == 2 and len(bot.inbox()) == 2
+    pipeline.stop_requested.clear()
+    monkeypatch.setattr(pipeline, "_decide", real)
+    bot.poll()
+    assert len(bot.sent_to()) == 4 and bot.inbox() == []
+    assert [m["outcome"] for m in bot.messages()] == ["processed"] * 4
+
+
+def test_groups_are_bounded_by_count_and_bytes() -> None:
+    from cme_mailbot.mailbox import MailboxMessage
+    from cme_mailbot.pipeline import _groups
+
+    def mm(i: int, size: int) -> MailboxMessage:
+        return MailboxMessage(f"1:{i}", size, b"x" * size)
+
+    sizes = [10, 10, 10, 10, 10]
+    assert [len(g) for g in _groups((mm(i, s) for i, s in enumerate(sizes)), 2, 1000)] == [2, 2, 1]
+    big = [10, 600, 10, 10, 500, 600]
+    got = [[m.location for m in g] for g in _groups((mm(i, s) for i, s in enumerate(big)), 20, 500)]
+    assert got == [["1:0", "1:1"], ["1:2", "1:3", "1:4"], ["1:5"]]
+    oversize = [MailboxMessage("1:9", 10**9, None)]  # never downloaded: counts no bytes
+    assert [len(g) for g in _groups(iter(oversize), 20, 500)] == [1]
+    assert list(_groups(iter([]), 20, 500)) == []

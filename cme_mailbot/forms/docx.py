@@ -307,8 +307,10 @@ def read_docx(data: bytes, schema: FormSchema | None = None) -> dict[str, str]:
     try:
         body = _document_body(data)
         reading.content_controls(body)
-        reading.tables(body)
-        reading.paragraphs(body)
+        if len(reading.controlled) < len(reading.schema.fields):
+            # Only fields the form does not carry as controls are looked for by label.
+            reading.tables(body)
+            reading.paragraphs(body)
     except FormUnreadable:
         raise
     except Exception as exc:
