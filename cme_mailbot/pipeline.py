@@ -289,6 +289,8 @@ class Pipeline:
         self.sent_total = 0  # replies and alerts this pipeline has handed to the transport
         # Set by the command line: how to start a helper process for a share of a backlog.
         self.launch_helper: HelperLauncher | None = None
+        # The message after the one in hand (claimed by us), which the sandbox may start on.
+        self._up_next: MailboxMessage | None = None
 
     # ---- one pass ------------------------------------------------------------------------
 
@@ -361,6 +363,9 @@ class Pipeline:
                         self._unclaim_fresh([c[0] for c in claims[k:] if c and c[1]])
                         return
                     summary.new += 1
+                    following = group[k + 1] if k + 1 < len(group) else None
+                    fresh = claims[k + 1] if k + 1 < len(group) else None
+                    self._up_next = following if fresh and fresh[1] else None
                     decided = self._decide(mm, claim)
                     if decided is None:
                         continue
@@ -678,6 +683,7 @@ class Pipeline:
                 verdict = self._judge(raw)
             except _Retry:
                 return None  # still claimed: taken up again once the lease has run out
+        self._prefetch_next()
         emails = self._commit_decision(row_id, verdict)
         if emails is None:
             return None
@@ -819,6 +825,26 @@ class Pipeline:
             Outcome.PROCESSED, f"{len(extraction.forms)} form(s)", parsed, sender, urns,
             extraction.forms,
         )  # fmt: skip
+
+    def _prefetch_next(self) -> None:
+        """Let the sandbox start on the next message while this one's decision is written.
+
+        It is asked exactly what `_stages` will ask of it (forms only for a genuine, approved
+        sender), so `read_message` then finds the answer waiting; anything else is simply
+        asked again there."""
+        mm, self._up_next = self._up_next, None
+        prefetch = getattr(self.read_form, "prefetch", None)
+        if mm is None or mm.raw is None or prefetch is None:
+            return
+        try:
+            parsed = parse_headers(mm.raw)
+            wanted = False
+            if automatic_reason(parsed, self._own_addresses) is None:
+                genuine = authenticate(parsed, self.settings.sender_auth).genuine
+                wanted = bool(genuine and parsed.sender and self._schools(parsed.sender))
+        except Exception:  # its own pass through the stages will say what is wrong
+            return
+        prefetch(mm.raw, self.settings.limits, forms=wanted)
 
     @property
     def _own_addresses(self) -> frozenset[str]:

@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -80,7 +81,9 @@ class SandboxedReader:
         self.reader = reader
         self._lock = threading.Lock()
         self._worker: _Worker | None = None
+        self._pending: _Prefetched | None = None  # a request sent ahead (`prefetch`)
         self.workers_started = 0  # for tests and the benchmark
+        self.prefetched = 0  # requests answered from a prefetch, for tests and the benchmark
 
     def __call__(self, filename: str, content_type: str, data: bytes) -> ExtractedForm | None:
         with self._lock:
@@ -109,16 +112,20 @@ class SandboxedReader:
         from cme_mailbot.stages.extract import Extraction
         from cme_mailbot.stages.parse import ParseError
 
-        meta = {
-            "op": "message",
-            "forms": forms,
-            "max_attachments": limits.max_attachments,
-            "max_attachment_bytes": limits.max_attachment_bytes,
-        }
+        meta = _message_meta(limits, forms)
         with self._lock:
-            worker = self._ready_worker()
+            pending, self._pending = self._pending, None
+            if pending is not None and not pending.matches(raw, meta):
+                self._drop(pending)
+                pending = None
+            # SandboxError (no worker can start) goes to the caller: the message is not to blame.
+            worker = pending.worker if pending is not None else self._ready_worker()
             try:
-                reply = worker.request(meta, raw, what="message")
+                if pending is not None:
+                    reply = worker.receive(pending.deadline, what="message")
+                    self.prefetched += 1
+                else:
+                    reply = worker.request(meta, raw, what="message")
             except Exception as exc:
                 self._retire(kill=True)
                 reason = (
@@ -148,9 +155,36 @@ class SandboxedReader:
                 self._retire()  # it met a file it could not read: its heap may be damaged
             return extraction
 
+    def prefetch(self, raw: bytes, limits: LimitsSettings, *, forms: bool) -> None:
+        """Send the worker the next message now, so it parses while the caller finishes the
+        one before; `read_message` with the same bytes and arguments then collects the answer
+        (anything else first drops it). The wall-clock budget runs from here. Never raises:
+        should sending fail, `read_message` does it all again and reports what goes wrong."""
+        meta = _message_meta(limits, forms)
+        with self._lock:
+            if self._pending is not None:
+                return  # one request in flight at a time
+            try:
+                worker = self._ready_worker()
+                deadline = worker.send(meta, raw)
+            except Exception as exc:  # SandboxError, a broken pipe: read_message will say
+                log.info("sandbox_prefetch_failed", error=type(exc).__name__)
+                self._retire(kill=True)
+                return
+            self._pending = _Prefetched(raw, meta, worker, deadline)
+
+    def _drop(self, pending: _Prefetched) -> None:
+        """Collect and forget an answer nobody asked for (or retire the worker trying)."""
+        try:
+            pending.worker.receive(pending.deadline, what="message")
+        except Exception:  # a breach or a crash: the worker is gone or going
+            self._retire(kill=True)
+
     def _retire(self, *, kill: bool = False) -> None:
         """Take the current worker out of service (ended, or killed after a breach)."""
         worker, self._worker = self._worker, None
+        if self._pending is not None and self._pending.worker is worker:
+            self._pending = None
         if worker is not None and kill:
             worker.kill()
         elif worker is not None:
@@ -171,7 +205,30 @@ class SandboxedReader:
 
     def close(self) -> None:
         with self._lock:
+            self._pending = None  # its worker is stopped below, answer unread
             self._retire()
+
+
+def _message_meta(limits: LimitsSettings, forms: bool) -> dict[str, Any]:
+    return {
+        "op": "message",
+        "forms": forms,
+        "max_attachments": limits.max_attachments,
+        "max_attachment_bytes": limits.max_attachment_bytes,
+    }
+
+
+@dataclass(frozen=True)
+class _Prefetched:
+    """A whole-message request sent ahead of its `read_message`."""
+
+    raw: bytes
+    meta: dict[str, Any]
+    worker: _Worker
+    deadline: float
+
+    def matches(self, raw: bytes, meta: dict[str, Any]) -> bool:
+        return raw is self.raw and meta == self.meta
 
 
 def _to_form(reply: dict[str, Any], filename: str) -> ExtractedForm | None:
@@ -289,12 +346,30 @@ class _Worker:
     def request(
         self, fields: dict[str, Any], data: bytes, what: str = "attachment"
     ) -> dict[str, Any]:
+        return self.receive(self.send(fields, data, what), what)
+
+    def send(self, fields: dict[str, Any], data: bytes, what: str = "attachment") -> float:
+        """Write one request; returns its deadline (the wall-clock limit runs from now)."""
         self.files += 1
         meta = json.dumps(fields).encode()
         deadline = time.monotonic() + self.limits.parse_timeout_seconds
         try:
             _write_all(self._in, _HEADER.pack(len(meta), len(data)) + meta, deadline)
             _write_all(self._in, data, deadline)
+        except TimeoutError:
+            self.kill()
+            log.warning("sandbox_limit", limit="wall")
+            raise FormUnreadable(_limit_text("wall", self.limits, what)) from None
+        except BrokenPipeError:
+            limit = self._why_dead()
+            log.warning("sandbox_limit", limit=limit)
+            raise FormUnreadable(_limit_text(limit, self.limits, what)) from None
+        return deadline
+
+    def receive(self, deadline: float, what: str = "attachment") -> dict[str, Any]:
+        """Read the answer to the request sent last; an answer already there is taken even if
+        the caller comes for it after the deadline."""
+        try:
             (size,) = _LENGTH.unpack(_read_exact(self._out, _LENGTH.size, deadline))
             if size > _MAX_REPLY_BYTES:
                 raise FormUnreadable("the sandboxed reader gave a malformed answer")
@@ -379,14 +454,15 @@ def _write_all(fd: int, data: bytes, deadline: float) -> None:
 
 
 def _read_exact(fd: int, n: int, deadline: float) -> bytes:
+    """`n` bytes from `fd`; TimeoutError once the deadline has passed with nothing to read."""
     chunks: list[bytes] = []
     need = n
     while need:
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        readable, _, _ = select.select([fd], [], [], remaining)
+        readable, _, _ = select.select([fd], [], [], max(remaining, 0))
         if not readable:
+            if remaining <= 0:
+                raise TimeoutError
             continue
         try:
             chunk = os.read(fd, min(need, 1 << 20))

@@ -273,6 +273,92 @@ def test_a_message_whose_reading_breaks_a_limit_is_unreadable_and_the_worker_ret
         reader.close()
 
 
+def test_a_prefetched_message_is_answered_as_if_asked_then(
+    sandbox: SandboxedReader, forms: dict[str, bytes]
+) -> None:
+    raw = referral_email(attachments=[("referral.docx", forms["docx"])])
+    direct = extract_forms(parse_message(raw).attachments, read_form, LIMITS)
+    before = sandbox.prefetched
+    sandbox.prefetch(raw, LIMITS, forms=True)
+    assert sandbox.read_message(raw, LIMITS, forms=True) == direct
+    assert sandbox.prefetched == before + 1
+
+
+@pytest.mark.parametrize("change", ["other message", "forms flag", "limits"])
+def test_a_prefetch_not_asked_for_is_dropped_and_the_real_question_answered(
+    sandbox: SandboxedReader, forms: dict[str, bytes], change: str
+) -> None:
+    first = referral_email(attachments=[("referral.pdf", forms["pdf"])])
+    second = referral_email(attachments=[("referral.docx", forms["docx"])])
+    before = sandbox.prefetched
+    sandbox.prefetch(first, LIMITS, forms=change != "forms flag")
+    asked, limits = (second, LIMITS) if change == "other message" else (first, LIMITS)
+    if change == "limits":
+        limits = LIMITS.model_copy(update={"max_attachment_bytes": 1000})
+    got = sandbox.read_message(asked, limits, forms=True)
+    assert got == extract_forms(parse_message(asked).attachments, read_form, limits)
+    assert sandbox.prefetched == before  # asked afresh
+
+
+def test_an_answer_waiting_past_the_deadline_is_still_taken(forms: dict[str, bytes]) -> None:
+    limits = LIMITS.model_copy(update={"parse_timeout_seconds": 1})
+    reader = SandboxedReader(limits)
+    raw = referral_email(attachments=[("referral.pdf", forms["pdf"])])
+    try:
+        reader.read_message(raw, limits, forms=True)  # a warm worker: it answers well in time
+        reader.prefetch(raw, limits, forms=True)
+        time.sleep(1.5)  # the caller comes for it late: the worker was not to blame
+        got = reader.read_message(raw, limits, forms=True)
+        assert [f.format for f in got.forms] == ["pdf"] and got.unreadable == []
+        assert reader.prefetched == 1 and reader.workers_started == 1
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("name", ["sleep", "segfault"])
+def test_a_prefetched_message_that_breaks_a_limit_is_unreadable(
+    forms: dict[str, bytes], name: str
+) -> None:
+    reader = hostile_reader(name, parse_timeout_seconds=1)
+    raw = referral_email(attachments=[(CHILD_FILENAME, forms["pdf"])])
+    try:
+        reader.prefetch(raw, LIMITS, forms=True)
+        got = reader.read_message(raw, LIMITS, forms=True)
+        assert got.forms == [] and len(got.unreadable) == 1
+        assert reader._worker is None  # never reused after a breach
+        assert reader.workers_started == 1  # the message was not tried a second time
+    finally:
+        reader.close()
+
+
+def test_closing_with_a_prefetch_in_flight_stops_the_worker(forms: dict[str, bytes]) -> None:
+    reader = SandboxedReader(LIMITS)
+    raw = referral_email(attachments=[("referral.pdf", forms["pdf"])])
+    reader.prefetch(raw, LIMITS, forms=True)
+    worker = reader._worker
+    assert worker is not None
+    reader.close()
+    assert not worker.alive() and reader._worker is None
+
+
+def test_a_drain_lets_the_sandbox_start_on_the_next_message(
+    tmp_path: Path, forms: dict[str, bytes]
+) -> None:
+    reader = SandboxedReader(LIMITS)
+    bot = Bot(tmp_path, reader)
+    try:
+        bot.deliver(*(referral_email(subject=f"CME referral {i}",
+                                     attachments=[("referral.pdf", forms["pdf"])])
+                      for i in range(4)))  # fmt: skip
+        summary = bot.poll()
+        assert summary.done == 4 and len(bot.sent_to()) == 4
+        # Each message but the first was sent to the sandbox while the one before was decided.
+        assert reader.prefetched == 3 and reader.workers_started == 1
+    finally:
+        reader.close()
+        bot.engine.dispose()
+
+
 def test_attachments_of_a_sender_not_approved_never_reach_a_form_reader(
     tmp_path: Path, forms: dict[str, bytes]
 ) -> None:
