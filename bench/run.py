@@ -400,7 +400,7 @@ def deploy(
     *,
     max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
     max_attachment_bytes: int = DEFAULT_ATTACHMENT_BYTES,
-    workers: int = 2,
+    workers: int = 1,
 ) -> Deployment:
     from tests.servers import start_dovecot, start_smtp
 
@@ -753,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument(
-        "--workers", type=int, default=2, help="[poller] workers: processes sharing the drain (2)"
+        "--workers", type=int, default=1, help="[poller] workers: processes sharing the drain (1)"
     )
     parser.add_argument("--profile", type=Path, help="cProfile the drain into this file")
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it")

@@ -177,8 +177,9 @@ class PollerSettings(_Section):
     lease_seconds: float = Field(default=600, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     replies_per_sender_per_hour: int = Field(default=30, ge=1)
-    # A backlog of `parallel_from` or more messages is shared between `workers` processes.
-    workers: int = Field(default=2, ge=1, le=64)
+    # A backlog of `parallel_from` or more messages is shared between `workers` processes. Each
+    # already keeps its sandbox worker busy alongside it: about one per two CPU cores.
+    workers: int = Field(default=1, ge=1, le=64)
     parallel_from: int = Field(default=50, ge=2)
     file_batch: int = Field(default=20, ge=1, le=500)  # decided messages filed with one MOVE
 

@@ -189,7 +189,7 @@ _RECORD_DELIVERY = (
 
 # A group of messages claimed together holds at most this many bytes (and `file_batch`
 # messages), so a backlog of large messages is never all in memory at once.
-_GROUP_BYTES = 4 << 20
+_GROUP_BYTES = 1 << 20
 
 
 def _groups(
