@@ -136,9 +136,18 @@ def _close_fd(fd: int | None) -> None:
             os.close(fd)
 
 
+# UPDATE/INSERT ... RETURNING (the reference counter, the ledger and outbox inserts).
+SQLITE_MINIMUM = (3, 35, 0)
+
+
 def make_engine(url: str) -> Engine:
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
+        if sqlite3.sqlite_version_info < SQLITE_MINIMUM:
+            raise RuntimeError(
+                f"SQLite {sqlite3.sqlite_version} is too old: cme-mailbot needs 3.35 or later "
+                "(RETURNING); use a newer Python build or PostgreSQL"
+            )
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:" and not url.startswith("sqlite:///:memory:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)

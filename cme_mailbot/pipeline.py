@@ -23,7 +23,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 import structlog
 from sqlalchemy import ColumnElement, bindparam, delete, func, insert, update
@@ -186,6 +186,20 @@ _RECORD_DELIVERY = (
         sent_at=bindparam("sent_at"),
     )
 )
+
+
+class _Later:
+    """A message of a group to be claimed on its own when its turn comes."""
+
+
+_LATER = _Later()
+_Claim = tuple[int, bool] | None | _Later
+
+
+def _fresh(claim: _Claim | None) -> TypeGuard[tuple[int, bool]]:
+    """A claim of ours on a row we have just created (not taken over)."""
+    return isinstance(claim, tuple) and claim[1]
+
 
 # A group of messages claimed together holds at most this many bytes (and `file_batch`
 # messages), so a backlog of large messages is never all in memory at once.
@@ -358,28 +372,35 @@ class Pipeline:
         try:
             for group in _groups(messages, self.settings.poller.file_batch, _GROUP_BYTES):
                 claims = self._claim_many(group)  # one transaction for the group
-                for k, (mm, claim) in enumerate(zip(group, claims, strict=True)):
-                    if self.stop_requested.is_set():
-                        self._unclaim_fresh([c[0] for c in claims[k:] if c and c[1]])
-                        return
-                    summary.new += 1
-                    following = group[k + 1] if k + 1 < len(group) else None
-                    fresh = claims[k + 1] if k + 1 < len(group) else None
-                    self._up_next = following if fresh and fresh[1] else None
-                    decided = self._decide(mm, claim)
-                    if decided is None:
-                        continue
-                    if not batch:
-                        started = time.monotonic()
-                    batch.append(decided)
-                    summary.done += 1
-                    summary.outcomes[decided.outcome.value] += 1
-                    if progress:
-                        progress(f"message {summary.done}: {decided.outcome.value}")
-                    full = len(batch) >= self.settings.poller.file_batch
-                    if full or time.monotonic() - started > max_age:
-                        done, batch = batch, []
-                        self._finish(done)
+                begun = 0  # how many of the group have been started
+                try:
+                    for k, (mm, claim) in enumerate(zip(group, claims, strict=True)):
+                        if self.stop_requested.is_set():
+                            break
+                        begun = k + 1
+                        summary.new += 1
+                        following = claims[k + 1] if k + 1 < len(group) else None
+                        self._up_next = group[k + 1] if _fresh(following) else None
+                        decided = self._decide(
+                            mm, self._claim(mm) if isinstance(claim, _Later) else claim
+                        )
+                        if decided is None:
+                            continue
+                        if not batch:
+                            started = time.monotonic()
+                        batch.append(decided)
+                        summary.done += 1
+                        summary.outcomes[decided.outcome.value] += 1
+                        if progress:
+                            progress(f"message {summary.done}: {decided.outcome.value}")
+                        full = len(batch) >= self.settings.poller.file_batch
+                        if full or time.monotonic() - started > max_age:
+                            done, batch = batch, []
+                            self._finish(done)
+                finally:
+                    # Claims of the group not started (a stop, or an error escaping the one
+                    # before) go back at once rather than waiting out their lease.
+                    self._give_back([c for c in claims[begun:] if _fresh(c)])
                 if self.stop_requested.is_set():
                     return
         finally:  # decided ones are filed and answered whatever stopped the loop
@@ -546,12 +567,15 @@ class Pipeline:
 
     def _claim(self, mm: MailboxMessage) -> tuple[int, bool] | None:
         """(ledger id, whether the row is new) once this instance holds the message."""
-        return self._claim_many([mm])[0]
+        claim = self._claim_many([mm])[0]
+        assert not isinstance(claim, _Later)  # one message alone is claimed or not, at once
+        return claim
 
-    def _claim_many(self, mms: list[MailboxMessage]) -> list[tuple[int, bool] | None]:
+    def _claim_many(self, mms: list[MailboxMessage]) -> list[_Claim]:
         """Claim several messages in one transaction: for each, (ledger id, whether the row is
         new) once this instance holds it, or None. Should any of them be known already (a
-        unique key says so), each is claimed on its own instead."""
+        unique key says so), nothing is claimed and each is `_LATER`: to be claimed on its
+        own (`_claim`) when its turn comes."""
         now = self.clock()
         rows = [self._ledger_row(mm, now) for mm in mms]
         try:
@@ -568,7 +592,9 @@ class Pipeline:
                     conn.execute(insert(_BLOB), blobs)
         except IntegrityError:
             if len(mms) > 1:
-                return [self._claim_many([mm])[0] for mm in mms]
+                # One of them is known already: each is claimed on its own when its turn comes,
+                # so a message that keeps failing never holds the ones after it.
+                return [_LATER] * len(mms)
             taken = self._claim_existing(mms[0], rows[0].dedupe_key)
             return [None if taken is None else (taken, False)]
         return [(row_id, True) for row_id in ids]
@@ -602,20 +628,31 @@ class Pipeline:
             lease_until=now + self._lease,
         )
 
-    def _unclaim_fresh(self, row_ids: list[int]) -> None:
-        """Give back messages claimed with a batch but not started (a stop was asked for), as
-        if never claimed: the next pass, ours or another instance's, takes them at once."""
+    def _give_back(self, claims: list[tuple[int, bool]]) -> None:
+        """Give back messages claimed with a group but never started, as if never claimed: the
+        next pass, ours or another instance's, takes them at once. Only rows still claimed by
+        us are touched (locked first, so no one takes one over meanwhile); should the database
+        fail here, their lease runs out instead."""
+        row_ids = [row_id for row_id, _ in claims]
         if not row_ids:
             return
-        with session_scope(self.engine) as s:
-            mine = s.exec(
-                select(InboundMessage.id)
-                .where(col(InboundMessage.id).in_(row_ids))
-                .where(InboundMessage.state == MessageState.CLAIMED)
-                .where(InboundMessage.claimed_by == self.instance)
-            ).all()
-            s.execute(delete(MessageBlob).where(col(MessageBlob.inbound_id).in_(mine)))
-            s.execute(delete(InboundMessage).where(col(InboundMessage.id).in_(mine)))
+        try:
+            with self.engine.begin() as conn:
+                mine = list(
+                    conn.execute(
+                        update(_IN)
+                        .where(_IN.c.id.in_(row_ids))
+                        .where(_IN.c.state == MessageState.CLAIMED)
+                        .where(_IN.c.claimed_by == self.instance)
+                        .values(lease_until=None)
+                        .returning(_IN.c.id)
+                    ).scalars()
+                )
+                if mine:
+                    conn.execute(delete(_BLOB).where(_BLOB.c.inbound_id.in_(mine)))
+                    conn.execute(delete(_IN).where(_IN.c.id.in_(mine)))
+        except Exception as exc:
+            log.warning("give_back_failed", error=type(exc).__name__, count=len(row_ids))
 
     def _claim_existing(self, mm: MailboxMessage, dedupe: str) -> int | None:
         now = self.clock()

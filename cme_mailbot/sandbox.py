@@ -47,6 +47,7 @@ _READY = b"CME-SANDBOX-READY\n"
 _MAX_REPLY_BYTES = 4 * 1024 * 1024  # a form's fields are a few kilobytes
 _MAX_REASON_CHARS = 300
 _STARTUP_SECONDS = 30.0
+_BODY_GRACE = 5.0  # seconds to read an answer whose length has arrived
 _FORMATS = ("pdf", "docx")
 DEFAULT_READER = "cme_mailbot.forms:read_form"
 
@@ -87,6 +88,9 @@ class SandboxedReader:
 
     def __call__(self, filename: str, content_type: str, data: bytes) -> ExtractedForm | None:
         with self._lock:
+            pending, self._pending = self._pending, None
+            if pending is not None:  # its answer must never be taken for this file's
+                self._drop(pending)
             worker = self._ready_worker()
             try:
                 reply = worker.read(filename, content_type, data)
@@ -176,9 +180,12 @@ class SandboxedReader:
     def _drop(self, pending: _Prefetched) -> None:
         """Collect and forget an answer nobody asked for (or retire the worker trying)."""
         try:
-            pending.worker.receive(pending.deadline, what="message")
+            reply = pending.worker.receive(pending.deadline, what="message")
         except Exception:  # a breach or a crash: the worker is gone or going
             self._retire(kill=True)
+            return
+        if reply.get("status") != "message" or reply.get("unreadable"):
+            self._retire()  # as after any answer about a file it could not read
 
     def _retire(self, *, kill: bool = False) -> None:
         """Take the current worker out of service (ended, or killed after a breach)."""
@@ -373,7 +380,9 @@ class _Worker:
             (size,) = _LENGTH.unpack(_read_exact(self._out, _LENGTH.size, deadline))
             if size > _MAX_REPLY_BYTES:
                 raise FormUnreadable("the sandboxed reader gave a malformed answer")
-            body = _read_exact(self._out, size, deadline)
+            # The answer is written: a long one fills the pipe and waits for us to read on,
+            # even when we come for it after the deadline (a prefetched answer).
+            body = _read_exact(self._out, size, max(deadline, time.monotonic() + _BODY_GRACE))
         except TimeoutError:
             self.kill()
             log.warning("sandbox_limit", limit="wall")

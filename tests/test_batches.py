@@ -21,7 +21,13 @@ from sqlmodel import Session, col, select
 from cme_mailbot.config import LimitsSettings
 from cme_mailbot.forms import read_form
 from cme_mailbot.forms.fill import fill_pdf
-from cme_mailbot.models import InboundMessage, MessageState, OutboundEmail, OutboundState
+from cme_mailbot.models import (
+    InboundMessage,
+    MessageBlob,
+    MessageState,
+    OutboundEmail,
+    OutboundState,
+)
 from cme_mailbot.pipeline import ReleaseError
 from cme_mailbot.samples import make_upn, referral_email, referral_values
 from cme_mailbot.sandbox import SandboxedReader, SandboxError
@@ -256,3 +262,56 @@ def test_groups_are_bounded_by_count_and_bytes() -> None:
     oversize = [MailboxMessage("1:9", 10**9, None)]  # never downloaded: counts no bytes
     assert [len(g) for g in _groups(iter(oversize), 20, 500)] == [1]
     assert list(_groups(iter([]), 20, 500)) == []
+
+
+def test_an_error_escaping_one_message_gives_back_the_rest_of_its_group(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bot.deliver(*referrals(4))
+    pipeline = bot.pipeline
+    real = pipeline._decide
+    seen = {"n": 0}
+
+    def fails_second(mm: Any, claim: Any) -> Any:
+        seen["n"] += 1
+        if seen["n"] == 2:
+            raise OperationalError("UPDATE", {}, Exception("disk I/O error"))
+        return real(mm, claim)
+
+    monkeypatch.setattr(pipeline, "_decide", fails_second)
+    with pytest.raises(OperationalError):
+        bot.poll()
+    # The first was decided and answered; the second keeps its claim (its lease runs out);
+    # the third and fourth were given back: not in the ledger, taken at once next pass.
+    assert len(bot.sent_to()) == 1
+    assert [m["state"] for m in bot.messages()] == ["filed", "claimed"]
+    monkeypatch.setattr(pipeline, "_decide", real)
+    bot.poll()
+    assert len(bot.sent_to()) == 3 and len(bot.inbox()) == 1
+    with Session(bot.engine) as s:
+        s.execute(update(InboundMessage).values(lease_until=LONG_AGO))
+        s.commit()
+    bot.poll()
+    assert len(bot.sent_to()) == 4 and bot.inbox() == []
+    assert [m["outcome"] for m in bot.messages()] == ["processed"] * 4
+
+
+def test_giving_back_leaves_a_message_another_instance_has_taken_over(bot: Bot) -> None:
+    bot.deliver(*referrals(2))
+    pipeline = bot.pipeline
+    mms = list(pipeline.mailbox.fetch_new(frozenset()))
+    claims = pipeline._claim_many(mms)
+    assert [c[1] for c in claims if isinstance(c, tuple)] == [True, True]
+    first, second = (c[0] for c in claims if isinstance(c, tuple))
+    with Session(bot.engine) as s:  # our lease ran out; another instance took the first
+        s.execute(
+            update(InboundMessage)
+            .where(col(InboundMessage.id) == first)
+            .values(claimed_by="elsewhere", attempts=2)
+        )
+        s.commit()
+    pipeline._give_back([(first, True), (second, True)])
+    rows = {m["id"]: m for m in bot.messages()}
+    assert set(rows) == {first}  # ours given back; theirs untouched, its original kept
+    with Session(bot.engine) as s:
+        assert s.get(MessageBlob, first) is not None

@@ -331,6 +331,16 @@ def test_a_prefetched_message_that_breaks_a_limit_is_unreadable(
         reader.close()
 
 
+def test_a_file_read_after_a_prefetch_gets_its_own_answer(
+    sandbox: SandboxedReader, forms: dict[str, bytes]
+) -> None:
+    raw = referral_email(attachments=[("referral.docx", forms["docx"])])
+    sandbox.prefetch(raw, LIMITS, forms=True)
+    form = sandbox("referral.pdf", PDF, forms["pdf"])  # never the message's answer
+    assert form is not None and form.format == "pdf"
+    assert sandbox("referral.docx", "application/octet-stream", forms["docx"]) is not None
+
+
 def test_closing_with_a_prefetch_in_flight_stops_the_worker(forms: dict[str, bytes]) -> None:
     reader = SandboxedReader(LIMITS)
     raw = referral_email(attachments=[("referral.pdf", forms["pdf"])])
