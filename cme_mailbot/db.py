@@ -35,14 +35,14 @@ class _WriteLockedCursor(sqlite3.Cursor):
         try:
             return super().execute(sql, parameters)
         finally:
-            self.connection.after_statement()
+            self.connection.let_go_if_done()
 
     def executemany(self, sql: str, parameters: Any, /) -> _WriteLockedCursor:
         self.connection.before_statement(sql)
         try:
             return super().executemany(sql, parameters)
         finally:
-            self.connection.after_statement()
+            self.connection.let_go_if_done()
 
 
 class WriteLockedConnection(sqlite3.Connection):
@@ -96,14 +96,10 @@ class WriteLockedConnection(sqlite3.Connection):
                 pause = min(pause * 2, 0.001)
         self._held = True
 
-    def after_statement(self) -> None:
-        """A write that committed by itself (autocommit), or failed before its transaction
-        began, lets the lock go at once."""
-        if self._held and not self.in_transaction:
-            self._let_go()
-
-    def _let_go(self) -> None:
-        if self._held and self._lock_fd is not None:
+    def let_go_if_done(self) -> None:
+        """Let the lock go once no write transaction is open: after a commit or a rollback, a
+        write that committed by itself (autocommit), or one that failed before it began."""
+        if self._held and not self.in_transaction and self._lock_fd is not None:
             self._held = False
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
@@ -111,15 +107,13 @@ class WriteLockedConnection(sqlite3.Connection):
         try:
             super().commit()
         finally:
-            if not self.in_transaction:
-                self._let_go()
+            self.let_go_if_done()
 
     def rollback(self) -> None:
         try:
             super().rollback()
         finally:
-            if not self.in_transaction:
-                self._let_go()
+            self.let_go_if_done()
 
     def close(self) -> None:
         try:

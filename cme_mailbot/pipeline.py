@@ -874,14 +874,21 @@ class Pipeline:
         if mm is None or mm.raw is None or prefetch is None:
             return
         try:
-            parsed = parse_headers(mm.raw)
-            wanted = False
-            if automatic_reason(parsed, self._own_addresses) is None:
-                genuine = authenticate(parsed, self.settings.sender_auth).genuine
-                wanted = bool(genuine and parsed.sender and self._schools(parsed.sender))
+            wanted = self._genuine_and_approved(parse_headers(mm.raw))
         except Exception:  # its own pass through the stages will say what is wrong
             return
         prefetch(mm.raw, self.settings.limits, forms=wanted)
+
+    def _genuine_and_approved(self, parsed: ParsedMessage) -> bool:
+        """Not automatic mail, from a sender shown genuine and on the approved list: the one
+        case in which forms are read and a reply may be sent (`_stages` decides it step by
+        step, naming the stage that fails)."""
+        return bool(
+            automatic_reason(parsed, self._own_addresses) is None
+            and authenticate(parsed, self.settings.sender_auth).genuine
+            and parsed.sender
+            and self._schools(parsed.sender)
+        )
 
     @property
     def _own_addresses(self) -> frozenset[str]:
@@ -898,12 +905,7 @@ class Pipeline:
         parsed: ParsedMessage | None = None
         try:
             parsed = parse_headers(raw)
-            if (
-                automatic_reason(parsed, self._own_addresses) is None
-                and authenticate(parsed, self.settings.sender_auth).genuine
-                and parsed.sender
-                and self._schools(parsed.sender)
-            ):
+            if self._genuine_and_approved(parsed):
                 reply_to = parsed.sender
         except Exception as exc:  # even the headers are hostile: no acknowledgement
             log.warning("quarantine_headers_unreadable", error=type(exc).__name__)

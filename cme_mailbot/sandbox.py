@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -360,37 +361,21 @@ class _Worker:
         self.files += 1
         meta = json.dumps(fields).encode()
         deadline = time.monotonic() + self.limits.parse_timeout_seconds
-        try:
+        with self._breaches(what):
             _write_all(self._in, _HEADER.pack(len(meta), len(data)) + meta, deadline)
             _write_all(self._in, data, deadline)
-        except TimeoutError:
-            self.kill()
-            log.warning("sandbox_limit", limit="wall")
-            raise FormUnreadable(_limit_text("wall", self.limits, what)) from None
-        except BrokenPipeError:
-            limit = self._why_dead()
-            log.warning("sandbox_limit", limit=limit)
-            raise FormUnreadable(_limit_text(limit, self.limits, what)) from None
         return deadline
 
     def receive(self, deadline: float, what: str = "attachment") -> dict[str, Any]:
         """Read the answer to the request sent last; an answer already there is taken even if
         the caller comes for it after the deadline."""
-        try:
+        with self._breaches(what):
             (size,) = _LENGTH.unpack(_read_exact(self._out, _LENGTH.size, deadline))
             if size > _MAX_REPLY_BYTES:
                 raise FormUnreadable("the sandboxed reader gave a malformed answer")
             # The answer is written: a long one fills the pipe and waits for us to read on,
             # even when we come for it after the deadline (a prefetched answer).
             body = _read_exact(self._out, size, max(deadline, time.monotonic() + _BODY_GRACE))
-        except TimeoutError:
-            self.kill()
-            log.warning("sandbox_limit", limit="wall")
-            raise FormUnreadable(_limit_text("wall", self.limits, what)) from None
-        except (EOFError, BrokenPipeError):
-            limit = self._why_dead()
-            log.warning("sandbox_limit", limit=limit)
-            raise FormUnreadable(_limit_text(limit, self.limits, what)) from None
         try:
             reply = json.loads(body)
         except ValueError:
@@ -402,6 +387,21 @@ class _Worker:
             log.warning("sandbox_limit", limit=str(reply.get("limit")))
             raise FormUnreadable(_limit_text(str(reply.get("limit")), self.limits, what))
         return reply
+
+    @contextlib.contextmanager
+    def _breaches(self, what: str) -> Iterator[None]:
+        """A wall-clock overrun or a worker gone (a limit, a crash) while talking to it, as the
+        `FormUnreadable` that names the limit."""
+        try:
+            yield
+        except TimeoutError:
+            self.kill()
+            log.warning("sandbox_limit", limit="wall")
+            raise FormUnreadable(_limit_text("wall", self.limits, what)) from None
+        except (EOFError, BrokenPipeError):
+            limit = self._why_dead()
+            log.warning("sandbox_limit", limit=limit)
+            raise FormUnreadable(_limit_text(limit, self.limits, what)) from None
 
     def _why_dead(self) -> str:
         try:

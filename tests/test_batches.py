@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import update
@@ -185,6 +185,30 @@ def test_releasing_while_the_sandbox_cannot_start_changes_nothing() -> None:
 # ---- claiming a group of messages in one transaction ------------------------------------------
 
 
+def on_second_decision(
+    monkeypatch: pytest.MonkeyPatch,
+    pipeline: Any,
+    *,
+    before: Callable[[], None] = lambda: None,
+    after: Callable[[], None] = lambda: None,
+) -> Callable[..., Any]:
+    """Run `before` and `after` around the pipeline's second `_decide`; returns the real one."""
+    real = pipeline._decide
+    seen = {"n": 0}
+
+    def wrapped(mm: Any, claim: Any) -> Any:
+        seen["n"] += 1
+        if seen["n"] == 2:
+            before()
+        out = real(mm, claim)
+        if seen["n"] == 2:
+            after()
+        return out
+
+    monkeypatch.setattr(pipeline, "_decide", wrapped)
+    return cast("Callable[..., Any]", real)
+
+
 def test_a_group_is_claimed_in_one_transaction_and_each_answered_once(
     bot: Bot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -224,17 +248,8 @@ def test_a_stop_mid_group_gives_back_the_claims_not_started(
 ) -> None:
     bot.deliver(*referrals(4))
     pipeline = bot.pipeline
-    real = pipeline._decide
-    seen = {"n": 0}
-
-    def then_stop(mm: Any, claim: Any) -> Any:
-        seen["n"] += 1
-        out = real(mm, claim)
-        if seen["n"] == 2:
-            pipeline.stop_requested.set()  # SIGTERM while the second message is in hand
-        return out
-
-    monkeypatch.setattr(pipeline, "_decide", then_stop)
+    # SIGTERM while the second message is in hand.
+    real = on_second_decision(monkeypatch, pipeline, after=pipeline.stop_requested.set)
     summary = bot.poll()
     assert summary.new == 2 and summary.done == 2
     assert len(bot.sent_to()) == 2  # the two decided were filed and answered
@@ -269,16 +284,11 @@ def test_an_error_escaping_one_message_gives_back_the_rest_of_its_group(
 ) -> None:
     bot.deliver(*referrals(4))
     pipeline = bot.pipeline
-    real = pipeline._decide
-    seen = {"n": 0}
 
-    def fails_second(mm: Any, claim: Any) -> Any:
-        seen["n"] += 1
-        if seen["n"] == 2:
-            raise OperationalError("UPDATE", {}, Exception("disk I/O error"))
-        return real(mm, claim)
+    def fail() -> None:
+        raise OperationalError("UPDATE", {}, Exception("disk I/O error"))
 
-    monkeypatch.setattr(pipeline, "_decide", fails_second)
+    real = on_second_decision(monkeypatch, pipeline, before=fail)
     with pytest.raises(OperationalError):
         bot.poll()
     # The first was decided and answered; the second keeps its claim (its lease runs out);

@@ -438,13 +438,18 @@ def read_line(proc: subprocess.Popen[str], timeout: float = 30.0) -> str:
     return proc.stdout.readline().strip()
 
 
-def test_writer_waits_for_another_process(engine: Engine, db_path: Path, lock_path: Path) -> None:
-    proc = subprocess.Popen(
+def start_holder(db_path: Path) -> subprocess.Popen[str]:
+    """Another process that takes the write lock, says "held", and commits when told."""
+    return subprocess.Popen(
         [sys.executable, "-c", HOLDER, f"sqlite:///{db_path}"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+
+
+def test_writer_waits_for_another_process(engine: Engine, db_path: Path, lock_path: Path) -> None:
+    proc = start_holder(db_path)
     try:
         assert read_line(proc) == "held"
         assert not lock_is_free(lock_path)
@@ -466,12 +471,7 @@ def test_writer_waits_for_another_process(engine: Engine, db_path: Path, lock_pa
 
 
 def test_process_that_dies_lets_go(engine: Engine, db_path: Path, lock_path: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, f"sqlite:///{db_path}"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_holder(db_path)
     try:
         assert read_line(proc) == "held"
         writer = Writer(engine, 1)

@@ -71,7 +71,7 @@ _FIND_OPEN = {
 def find_open_referral(session: Session, values: Mapping[str, object]) -> str | None:
     """Rule 9: an open referral for the same child (same UPN, or same name and date of birth).
 
-    Sees referrals flushed earlier in the caller's transaction (siblings in one email)."""
+    Sees referrals written earlier in the caller's transaction (siblings in one email)."""
     upn = values.get("upn")
     first, last, dob = (
         values.get("child_first_name"),
