@@ -6,6 +6,8 @@ Nothing here is SQLite-only: the same tables run on PostgreSQL. Timestamps are s
 from __future__ import annotations
 
 import enum
+import functools
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -81,6 +83,49 @@ class OutboundState(enum.StrEnum):
     PENDING = "pending"
     SENT = "sent"
     FAILED = "failed"  # permanent failure, shown to operators
+
+
+def new_row(model: type[SQLModel], **values: Any) -> dict[str, Any]:
+    """The column values a new `model` object would have, for a Core insert, without making the
+    object: a table model's constructor sets every field through the ORM's instrumentation, which
+    cost a third of a millisecond a row in the decision. Unnamed columns take the field's default
+    (or its factory's value); an unset primary key is left to the database. An unknown name is
+    a programming error (TypeError), as it would be for the constructor."""
+    columns, defaults, factories = _row_plan(model)
+    unknown = values.keys() - columns
+    if unknown:
+        raise TypeError(f"{model.__name__} has no column(s) {', '.join(sorted(unknown))}")
+    row = {**defaults, **{k: f() for k, f in factories.items() if k not in values}, **values}
+    for key in _primary_keys(model):
+        if row.get(key) is None:
+            row.pop(key, None)
+    return row
+
+
+@functools.cache
+def _row_plan(
+    model: type[SQLModel],
+) -> tuple[frozenset[str], dict[str, Any], dict[str, Callable[[], Any]]]:
+    table = model.__table__  # type: ignore[attr-defined]
+    columns = frozenset(c.key for c in table.columns)
+    defaults: dict[str, Any] = {}
+    factories: dict[str, Callable[[], Any]] = {}
+    for name, info in model.model_fields.items():
+        if name not in columns:
+            continue
+        if info.default_factory is not None:
+            factories[name] = info.default_factory  # type: ignore[assignment]
+        elif not info.is_required():
+            defaults[name] = info.default
+    missing = columns - defaults.keys() - factories.keys()
+    for name in missing:  # required fields: the caller names them (None if it does not)
+        defaults[name] = None
+    return columns, defaults, factories
+
+
+@functools.cache
+def _primary_keys(model: type[SQLModel]) -> tuple[str, ...]:
+    return tuple(c.key for c in model.__table__.primary_key.columns)  # type: ignore[attr-defined]
 
 
 def row_values(obj: SQLModel) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from cme_mailbot.models import (
     OutboundState,
     Outcome,
     PollerStatus,
+    new_row,
     row_values,
     utcnow,
 )
@@ -305,6 +306,9 @@ class Pipeline:
         self.launch_helper: HelperLauncher | None = None
         # The message after the one in hand (claimed by us), which the sandbox may start on.
         self._up_next: MailboxMessage | None = None
+        # Within one claim group (a second or less), whose schools each sender is approved for:
+        # the prefetch and the stages both ask, and a backlog tends to come from few senders.
+        self._approved: dict[str, frozenset[str]] | None = None
 
     # ---- one pass ------------------------------------------------------------------------
 
@@ -373,6 +377,7 @@ class Pipeline:
             for group in _groups(messages, self.settings.poller.file_batch, _GROUP_BYTES):
                 claims = self._claim_many(group)  # one transaction for the group
                 begun = 0  # how many of the group have been started
+                self._approved = {}
                 try:
                     for k, (mm, claim) in enumerate(zip(group, claims, strict=True)):
                         if self.stop_requested.is_set():
@@ -401,6 +406,7 @@ class Pipeline:
                     # Claims of the group not started (a stop, or an error escaping the one
                     # before) go back at once rather than waiting out their lease.
                     self._give_back([c for c in claims[begun:] if _fresh(c)])
+                    self._approved = None
                 if self.stop_requested.is_set():
                     return
         finally:  # decided ones are filed and answered whatever stopped the loop
@@ -580,9 +586,7 @@ class Pipeline:
         rows = [self._ledger_row(mm, now) for mm in mms]
         try:
             with self.engine.begin() as conn:
-                ids = list(
-                    conn.execute(_INSERT_LEDGER, [row_values(row) for row in rows]).scalars()
-                )
+                ids = list(conn.execute(_INSERT_LEDGER, rows).scalars())
                 blobs = [
                     {"inbound_id": row_id, "raw": mm.raw}
                     for row_id, mm in zip(ids, mms, strict=True)
@@ -595,11 +599,11 @@ class Pipeline:
                 # One of them is known already: each is claimed on its own when its turn comes,
                 # so a message that keeps failing never holds the ones after it.
                 return [_LATER] * len(mms)
-            taken = self._claim_existing(mms[0], rows[0].dedupe_key)
+            taken = self._claim_existing(mms[0], rows[0]["dedupe_key"])
             return [None if taken is None else (taken, False)]
         return [(row_id, True) for row_id in ids]
 
-    def _ledger_row(self, mm: MailboxMessage, now: dt.datetime) -> InboundMessage:
+    def _ledger_row(self, mm: MailboxMessage, now: dt.datetime) -> dict[str, Any]:
         if mm.raw is None:
             sha, message_id, sender = "", None, None
             dedupe = f"oversize:{self.mailbox.account}:{self.mailbox.folder}:{mm.location}"
@@ -612,7 +616,8 @@ class Pipeline:
             except Exception:  # hostile headers: identify the message by its bytes alone
                 message_id, sender = None, None
             dedupe = f"mid:{message_id} from:{sender}" if message_id else f"sha256:{sha}"
-        return InboundMessage(
+        return new_row(
+            InboundMessage,
             account=self.mailbox.account,
             folder=self.mailbox.folder,
             location=mm.location,
@@ -896,8 +901,14 @@ class Pipeline:
         return frozenset({self.settings.outbound.from_address.lower()})
 
     def _schools(self, sender: str) -> frozenset[str]:
+        known = self._approved
+        if known is not None and sender in known:
+            return known[sender]
         with Session(self.engine) as s:
-            return schools_of(s, sender, self.scope)
+            urns = schools_of(s, sender, self.scope)
+        if known is not None:
+            known[sender] = urns
+        return urns
 
     def _quarantine_verdict(self, raw: bytes, detail: str) -> _Verdict:
         """Quarantine; acknowledge only to a sender shown genuine and approved."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -94,15 +94,19 @@ class FormSchema:
     def in_section(self, section_id: str) -> tuple[FieldSpec, ...]:
         return tuple(f for f in self.fields if f.section == section_id)
 
-    @property
+    @cached_property  # asked for every log line and every form field
     def personal_ids(self) -> frozenset[str]:
         return frozenset(f.id for f in self.fields if f.personal)
 
 
+_NOT_ALNUM = re.compile(r"[^a-z0-9]+")
+
+
+@lru_cache(maxsize=4096)  # the same labels and choices, form after form
 def normalise_label(text: str) -> str:
     """Labels compare case- and punctuation-insensitively: "Child's DOB:" ~ "childs dob"."""
     text = text.lower().replace("'", "").replace("’", "")
-    return " ".join(re.sub(r"[^a-z0-9]+", " ", text).split())
+    return " ".join(_NOT_ALNUM.sub(" ", text).split())
 
 
 _VALID_TYPES = set(FieldType.__args__)  # type: ignore[attr-defined]

@@ -24,7 +24,7 @@ from cme_mailbot.models import (
     Outcome,
     Referral,
     ReferralStatus,
-    row_values,
+    new_row,
 )
 from cme_mailbot.redact import REDACTED, UPN_PATTERN
 from cme_mailbot.references import next_reference
@@ -57,6 +57,13 @@ _BY_NAME = (
     & (func.lower(_REFERRALS.c.child_last_name) == bindparam("last"))
     & (_REFERRALS.c.child_dob == bindparam("dob"))
 )
+# The form's own fields among the referral's columns (the rest are the record's bookkeeping).
+_REFERRAL_FIELDS = frozenset(Referral.model_fields) - {
+    "id", "reference", "status", "source_message_id", "inbound_id", "sibling_of",
+    "safeguarding_alert", "created_at", "closed_at", "status_note",
+}  # fmt: skip
+_INSERT_REFERRAL = insert(_REFERRALS)
+_INSERT_FORM_RESULT = insert(FormResult.__table__)  # type: ignore[attr-defined]
 # Built once: this runs for every form, and building the statement cost more than running it.
 _FIND_OPEN = {
     key: _OPEN.where(where).order_by(_REFERRALS.c.id).limit(1)
@@ -98,6 +105,7 @@ _SUBJECT_WORDS = frozenset(
     update updated resend resent correction corrected amended copy ref reference confidential
     official sensitive secure encrypted cm""".split()  # noqa: SIM905
 )
+_SUBJECT_PERSONAL = ("child_first_name", "child_last_name", "child_other_names", "upn")
 _NAME_LIKE = re.compile(r"\b([A-Z][A-Za-z'’-]+)\s+(?=([A-Z][A-Za-z'’-]+)\b)")
 
 
@@ -108,14 +116,15 @@ def safe_subject(subject: str, forms: Sequence[ExtractedForm], schema: FormSchem
     not read (a damaged form, an unapproved sender), anything still shaped like a person's name
     makes us drop the subject altogether for a neutral one.
     """
-    personal = {"child_first_name", "child_last_name", "child_other_names", "upn"}
-    text = subject
+    tokens: set[str] = set()
     for form in forms:
-        for fid in personal:
+        for fid in _SUBJECT_PERSONAL:
             value = form.fields.get(fid, "").strip()
-            for token in [value, *value.split()]:
-                if len(token) >= 2:
-                    text = re.sub(re.escape(token), REDACTED, text, flags=re.I)
+            tokens.update(t for t in [value, *value.split()] if len(t) >= 2)
+    text = subject
+    if tokens:  # one pass, longest first: a whole name goes before its parts
+        known = "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
+        text = re.sub(known, REDACTED, text, flags=re.I)
     text = " ".join(UPN_PATTERN.sub(REDACTED, text).split())
     for match in _NAME_LIKE.finditer(text):
         if not {w.lower() for w in match.groups()} <= _SUBJECT_WORDS:
@@ -223,20 +232,20 @@ def decide_forms(
         else:
             kind = FormResultKind.ACCEPTED
             reference = next_reference(session, today.year)
-            referral = Referral(
+            referral = new_row(
+                Referral,
+                **{k: v for k, v in result.values.items() if k in _REFERRAL_FIELDS},
                 reference=reference,
                 source_message_id=source_message_id,
                 inbound_id=inbound_id,
                 sibling_of=first_reference,
                 safeguarding_alert=result.safeguarding_alert,
             )
-            for key, value in result.values.items():
-                if key in Referral.model_fields:
-                    setattr(referral, key, value)
             # Written at once: later forms in this email see it (duplicates, siblings).
-            conn.execute(insert(_REFERRALS), row_values(referral))
+            conn.execute(_INSERT_REFERRAL, referral)
             first_reference = first_reference or reference
-        row = FormResult(
+        row = new_row(
+            FormResult,
             inbound_id=inbound_id,
             filename=form.filename,
             result=kind,
@@ -244,7 +253,7 @@ def decide_forms(
             reasons=[_reason(f) for f in result.failures],
             warnings=[_reason(w) for w in result.warnings],
         )
-        conn.execute(insert(FormResult.__table__), row_values(row))  # type: ignore[attr-defined]
+        conn.execute(_INSERT_FORM_RESULT, row)
         outcomes.append(FormOutcome(form, result, kind, reference))
     return outcomes
 
