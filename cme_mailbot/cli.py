@@ -77,30 +77,37 @@ cli.add_command(db)
 # ---- the poller -----------------------------------------------------------------------------
 
 
-def _pipelines(c: Ctx, scope: str | None = None) -> list[Any]:
-    """One pipeline per mailbox served ([mailbox], or each [[mailboxes]] entry)."""
-    from cme_mailbot.pipeline import Pipeline
+def _pipelines(c: Ctx, scope: str | None = None, *, warm: bool = False) -> list[Any]:
+    """One pipeline per mailbox served ([mailbox], or each [[mailboxes]] entry). With `warm`,
+    the first mailbox's sandbox worker starts loading its readers at once, on the other core,
+    while this process loads its own code and opens the database and the mailbox."""
     from cme_mailbot.sandbox import sandboxed_reader
+
+    profiles = [p for p in c.settings.profiles() if scope is None or p.name == scope]
+    if not profiles:
+        fail(f"no mailbox named {scope!r} in the configuration")
+    readers = [sandboxed_reader(p.settings.limits) for p in profiles]
+    warm_up = getattr(readers[0], "warm_up", None)
+    if warm and warm_up is not None:
+        warm_up()
+
+    from cme_mailbot.pipeline import Pipeline
     from cme_mailbot.wiring import open_mailbox, open_transport
 
     engine = c.engine()
     out = []
-    for profile in c.settings.profiles():
-        if scope is not None and profile.name != scope:
-            continue
+    for profile, reader in zip(profiles, readers, strict=True):
         s = profile.settings
         pipeline = Pipeline(
             engine,
             s,
             open_mailbox(s),
             open_transport(s),
-            form_reader=sandboxed_reader(s.limits),
+            form_reader=reader,
             scope=profile.name,
         )
         pipeline.launch_helper = _helper_launcher(c.config_path, profile.name)
         out.append(pipeline)
-    if not out:
-        fail(f"no mailbox named {scope!r} in the configuration")
     return out
 
 
@@ -154,7 +161,7 @@ def _poll_share(c: Ctx, share: tuple[int, int], scope: str | None, parent: int |
 
     if scope is None or parent is None:
         fail("--share needs --mailbox and --parent")
-    pipelines = _pipelines(c, scope)
+    pipelines = _pipelines(c, scope, warm=True)
     pipeline = pipelines[0]
     _die_with_parent(parent)
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -179,7 +186,7 @@ def poll(c: Ctx, once: bool, share: str | None, scope: str | None, parent: int |
     if part is not None:
         _poll_share(c, part, scope, parent)
         return
-    pipelines = _pipelines(c)
+    pipelines = _pipelines(c, warm=True)
     failed = False
     try:
         for p in pipelines:
@@ -193,13 +200,24 @@ def poll(c: Ctx, once: bool, share: str | None, scope: str | None, parent: int |
         sys.exit(1)
 
 
+def _stopped_while_starting(signum: int, _frame: object) -> NoReturn:
+    structlog.get_logger("cme_mailbot.cli").info(
+        "stopping", signal=signal.Signals(signum).name, starting=True
+    )
+    raise SystemExit(0)
+
+
 @cli.command()
 @click.pass_obj
 def run(c: Ctx) -> None:
     """The scheduled poller, until SIGTERM/SIGINT (finishes the message in hand, exits 0)."""
     from cme_mailbot.poller import Poller, run_pollers
 
-    pipelines = _pipelines(c)
+    # Stopped while starting (a service manager may stop it at any moment): nothing is in hand
+    # yet, so it simply exits 0, as it would once running (`run_pollers` takes over from here).
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stopped_while_starting)
+    pipelines = _pipelines(c, warm=True)
     try:
         run_pollers(
             [Poller(p, p.settings.poller.interval_seconds, echo=_stderr) for p in pipelines]

@@ -100,6 +100,8 @@ def run_pollers(pollers: list[Poller]) -> None:
         log.info("stopping", signal=signal.Signals(signum).name)
         for poller in pollers:
             poller.request_stop()
+        if not scheduler.running:  # still starting: nothing is in hand yet
+            raise SystemExit(0)
         # Waits for the cycles in hand: the current messages finish, then it returns.
         scheduler.shutdown(wait=True)
 

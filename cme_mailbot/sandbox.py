@@ -17,6 +17,7 @@ to run code in the poller). No error text from here carries a filename or file c
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import select
@@ -50,6 +51,9 @@ _MAX_REASON_CHARS = 300
 _STARTUP_SECONDS = 30.0
 _BODY_GRACE = 5.0  # seconds to read an answer whose length has arrived
 _FORMATS = ("pdf", "docx")
+# Pipes this large (Linux's default cap for a user) take a whole referral, and the one after it,
+# without waiting for the worker to read: sending ahead costs the poller a copy, not a wait.
+_PIPE_BYTES = 1 << 20
 DEFAULT_READER = "cme_mailbot.forms:read_form"
 
 
@@ -198,17 +202,34 @@ class SandboxedReader:
         elif worker is not None:
             worker.stop()
 
+    def warm_up(self) -> None:
+        """Start a worker now, without waiting for it: it loads its readers (half a second) on
+        the other core while the caller connects to the mailbox. Never raises: should it fail,
+        the first read starts one again and says what went wrong."""
+        with self._lock:
+            if self._worker is None:
+                with contextlib.suppress(SandboxError):
+                    self._worker = self._start_worker()
+
     def _ready_worker(self) -> _Worker:
         worker = self._worker
         if worker is None or not worker.alive() or worker.files >= self.max_files_per_worker:
             self._retire()
-            try:
-                worker = _Worker(self.limits, self.reader)
-            except OSError as exc:  # no fork, no pipes: nothing to do with any message
-                log.error("sandbox_start_failed", error=type(exc).__name__)
-                raise SandboxError("the sandbox worker could not be started") from None
-            self._worker = worker
-            self.workers_started += 1
+            worker = self._worker = self._start_worker()
+        try:
+            worker.wait_ready()
+        except SandboxError:
+            self._worker = None  # killed: the next read starts another
+            raise
+        return worker
+
+    def _start_worker(self) -> _Worker:
+        try:
+            worker = _Worker(self.limits, self.reader)
+        except OSError as exc:  # no fork, no pipes: nothing to do with any message
+            log.error("sandbox_start_failed", error=type(exc).__name__)
+            raise SandboxError("the sandbox worker could not be started") from None
+        self.workers_started += 1
         return worker
 
     def close(self) -> None:
@@ -334,9 +355,19 @@ class _Worker:
         self._out = self.proc.stdout.fileno()
         os.set_blocking(self._in, False)
         os.set_blocking(self._out, False)
+        for fd in (self._in, self._out):
+            with contextlib.suppress(OSError, AttributeError):  # elsewhere: the default size
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
         self._finalizer = weakref.finalize(self, _reap, self.proc)
+        self._starting_until: float | None = time.monotonic() + _STARTUP_SECONDS
+
+    def wait_ready(self) -> None:
+        """Wait for the worker to say it has loaded its readers (once; started, it is ready).
+        Raises SandboxError, having killed it, if it does not say so in time."""
+        if self._starting_until is None:
+            return
         try:
-            ready = _read_exact(self._out, len(_READY), time.monotonic() + _STARTUP_SECONDS)
+            ready = _read_exact(self._out, len(_READY), self._starting_until)
         except (TimeoutError, EOFError) as exc:
             self.kill()
             log.error("sandbox_start_failed", error=type(exc).__name__)
@@ -344,6 +375,7 @@ class _Worker:
         if ready != _READY:
             self.kill()
             raise SandboxError("the sandbox worker did not start")
+        self._starting_until = None
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -416,14 +448,10 @@ class _Worker:
         return "crash"
 
     def stop(self) -> None:
-        """Ask the worker to finish (end of input), then make sure it has."""
-        with contextlib.suppress(OSError):
-            os.close(self._in)
-        try:
-            self.proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        self._close_pipes()
+        """End a worker that is not reading anything. It holds nothing to save, so it is killed
+        rather than asked to exit: a graceful exit (unloading its libraries, and, for one still
+        starting, loading them first) kept the poller waiting up to half a second."""
+        self.kill()
 
     def kill(self) -> None:
         _reap(self.proc)

@@ -935,3 +935,15 @@ __all__ = [
     "start_dovecot",
     "start_smtp",
 ]
+
+
+def catches_signal(pid: int, signum: int) -> bool:
+    """Whether the process has installed a handler for `signum` (Linux: /proc SigCgt)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False

@@ -35,7 +35,7 @@ from cme_mailbot.samples import (
     referral_values,
 )
 
-from .servers import DovecotServer, SmtpServer
+from .servers import DovecotServer, SmtpServer, catches_signal
 
 pytestmark = pytest.mark.dovecot
 
@@ -234,6 +234,8 @@ def test_sigkill_at_random_moments_while_draining_loses_and_doubles_nothing(
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     proc = live.start_run()
+    # The killed runs may have drained it all: let this one start before it is stopped.
+    wait_until(lambda: catches_signal(proc.pid, signal.SIGTERM), timeout=60, what="run to start")
     wait_until(lambda: len(set(live.reply_ids())) >= 200 and live.inbox_count() == 0,
                timeout=240, what="the drain to finish")  # fmt: skip
     proc.send_signal(signal.SIGTERM)

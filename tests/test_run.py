@@ -13,6 +13,7 @@ from cme_mailbot.forms.fill import fill_pdf
 from cme_mailbot.samples import referral_email, referral_values
 
 from .conftest import Deployment
+from .servers import catches_signal
 
 
 def wait_for(predicate, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
@@ -50,3 +51,22 @@ def test_run_answers_mail_that_arrives_while_idle_and_stops_on_sigterm(
     assert "stopping" in err
     [message] = deployment.messages()
     assert message["outcome"] == "processed"
+
+
+def test_run_stopped_while_it_starts_exits_cleanly(deployment: Deployment) -> None:
+    """A service manager may stop it at any moment: once it catches SIGTERM at all (before it
+    has opened the database or the mailbox), being stopped is a clean exit, not a kill."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cme_mailbot.cli", "--config", str(deployment.config), "run"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={k: v for k, v in os.environ.items() if k != "CME_MAILBOT_CONFIG"},
+    )  # fmt: skip
+    try:
+        assert wait_for(lambda: catches_signal(proc.pid, signal.SIGTERM), timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopping" in err

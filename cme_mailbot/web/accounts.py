@@ -6,6 +6,7 @@ Shared by the `users` commands and the console's own users page; every change is
 
 from __future__ import annotations
 
+import functools
 import re
 
 from argon2 import PasswordHasher
@@ -19,8 +20,14 @@ USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._@-]{1,63}$")
 MAX_PASSWORD_LENGTH = 1024  # argon2 would hash anything; a bound keeps sign-in cheap
 
 _hasher = PasswordHasher()
-# Verified when a username is unknown, so an unknown name costs as much time as a wrong password.
-_DUMMY_HASH = _hasher.hash("not a real password, only for timing")
+
+
+@functools.cache
+def dummy_hash() -> str:
+    """Verified when a username is unknown, so an unknown name costs as much time as a wrong
+    password. Made on first use (the web app makes it at start-up), not on import: hashing costs
+    a tenth of a second that every command would pay."""
+    return _hasher.hash("not a real password, only for timing")
 
 
 class AccountError(ValueError):
@@ -64,7 +71,7 @@ def verify_password(user: User | None, password: str) -> bool:
     if len(password) > MAX_PASSWORD_LENGTH:
         return False
     try:
-        return _hasher.verify(user.password_hash if user else _DUMMY_HASH, password) and (
+        return _hasher.verify(user.password_hash if user else dummy_hash(), password) and (
             user is not None
         )
     except (VerificationError, InvalidHashError):

@@ -27,6 +27,7 @@ from cme_mailbot.models import utcnow
 from cme_mailbot.pipeline import Pipeline
 from cme_mailbot.web import auth, ops
 from cme_mailbot.web import models as _models  # noqa: F401  (registers the console's tables)
+from cme_mailbot.web.accounts import dummy_hash
 from cme_mailbot.web.page import Console, Ctx, day, error_page, london
 from cme_mailbot.web.settings import web_settings
 from cme_mailbot.web.views import audit, contacts, dashboard, quarantine, referrals, signin, users
@@ -130,6 +131,7 @@ def create_app(
     )
     with session_scope(engine) as s:
         auth.prune(s, web, clock())
+    dummy_hash()  # made now, so the first unknown username costs no more than the next
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500

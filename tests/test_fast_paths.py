@@ -1,0 +1,234 @@
+"""The shortcuts the drain takes (issue 7) give what the slow ways gave.
+
+Rows written without making ORM objects, the sender screening remembered within one claim
+group, the subject scrubbed in one pass, a sandbox worker started before it is needed and
+ended without waiting.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cme_mailbot import pipeline as pipeline_mod
+from cme_mailbot.config import LimitsSettings
+from cme_mailbot.db import session_scope
+from cme_mailbot.forms import ExtractedForm, read_form
+from cme_mailbot.forms.fill import fill_pdf
+from cme_mailbot.models import (
+    FormResult,
+    FormResultKind,
+    InboundMessage,
+    MessageState,
+    Referral,
+    ReferralStatus,
+    new_row,
+    row_values,
+)
+from cme_mailbot.samples import SAMPLE_SENDER, make_upn, referral_email, referral_values
+from cme_mailbot.sandbox import SandboxedReader, SandboxError
+from cme_mailbot.schema import default_schema, normalise_label
+from cme_mailbot.stages.decide import safe_subject
+
+from .data.harness import Bot
+
+LIMITS = LimitsSettings(parse_cpu_seconds=5, parse_memory_mb=512, parse_timeout_seconds=20)
+NOW = dt.datetime(2026, 11, 28, 9, 30, tzinfo=dt.UTC)
+
+# ---- rows without ORM objects ----------------------------------------------------------------
+
+
+def _without(row: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in keys}
+
+
+def test_a_new_row_is_what_the_model_object_would_have_written() -> None:
+    ledger = {
+        "account": "imap://cme@127.0.0.1",
+        "folder": "INBOX",
+        "location": "7:42",
+        "dedupe_key": "mid:<a@b> from:x@y",
+        "sha256": "ab" * 32,
+        "size": 1234,
+        "received_at": NOW,
+        "state": MessageState.CLAIMED,
+        "attempts": 1,
+    }
+    referral = {
+        "reference": "CME-2026-00001",
+        "inbound_id": 3,
+        "child_first_name": "Amy",
+        "child_dob": dt.date(2015, 3, 4),
+        "upn": make_upn(serial=1),
+    }
+    result = {"inbound_id": 3, "filename": "a.pdf", "result": FormResultKind.ACCEPTED}
+    for model, values, stamped in (
+        (InboundMessage, ledger, ()),
+        (Referral, referral, ("created_at",)),
+        (FormResult, result, ()),
+    ):
+        made = new_row(model, **values)
+        assert _without(made, *stamped) == _without(row_values(model(**values)), *stamped)
+        assert "id" not in made  # left to the database
+
+
+def test_a_new_row_takes_defaults_and_fresh_factory_values() -> None:
+    first = new_row(FormResult, inbound_id=1, filename="a.pdf", result=FormResultKind.REJECTED)
+    second = new_row(FormResult, inbound_id=1, filename="b.pdf", result=FormResultKind.REJECTED)
+    assert first["reasons"] == [] and first["reference"] is None
+    assert first["reasons"] is not second["reasons"]  # a list of its own, as the model makes
+    referral = new_row(Referral, reference="CME-2026-00002", inbound_id=1)
+    assert referral["status"] is ReferralStatus.OPEN and referral["safeguarding_alert"] is False
+    assert referral["created_at"].tzinfo is not None
+
+
+def test_a_new_row_refuses_a_column_the_table_does_not_have() -> None:
+    with pytest.raises(TypeError, match="no column"):
+        new_row(FormResult, inbound_id=1, filename="a.pdf", result="accepted", colour="red")
+
+
+# ---- the reply subject -------------------------------------------------------------------------
+
+
+def _form(**fields: str) -> ExtractedForm:
+    return ExtractedForm(filename="referral.pdf", format="pdf", fields=fields)
+
+
+@pytest.mark.parametrize(
+    ("subject", "fields", "expected"),
+    [
+        # The whole name goes before its parts, whatever the case; punctuation is literal.
+        (
+            "CME referral mary-jane o'neil (Y4)",
+            {"child_first_name": "Mary-Jane", "child_last_name": "O'Neil"},
+            "CME referral [redacted] [redacted] (Y4)",
+        ),
+        (
+            "CME referral for Ben (a.k.a. B.)",
+            {"child_first_name": "Ben", "child_other_names": "B. (Benny)"},
+            "CME referral for [redacted] (a.k.a. [redacted])",
+        ),
+        ("Referral Jo Ann Lee", {"child_first_name": "Jo Ann", "child_last_name": "Lee"},
+         "Referral [redacted] [redacted]"),
+        # A one-letter token is too short to take out (it would take letters out of words).
+        ("CME referral", {"child_first_name": "E"}, "CME referral"),
+    ],
+)  # fmt: skip
+def test_known_names_are_taken_out_of_the_reply_subject(
+    subject: str, fields: dict[str, str], expected: str
+) -> None:
+    assert safe_subject(subject, [_form(**fields)], default_schema()) == expected
+
+
+def test_labels_are_normalised_the_same_however_often_they_are_asked() -> None:
+    assert normalise_label("Child's DOB:") == normalise_label("childs  dob") == "childs dob"
+    assert normalise_label("Child's DOB:") == "childs dob"  # from the cache
+    assert default_schema().personal_ids is default_schema().personal_ids
+    assert "child_first_name" in default_schema().personal_ids
+
+
+# ---- the sender screening, remembered within a claim group ------------------------------------
+
+
+@pytest.fixture
+def bot() -> Iterator[Bot]:
+    with tempfile.TemporaryDirectory() as tmp:
+        b = Bot(Path(tmp), read_form)
+        yield b
+        b.engine.dispose()
+
+
+def test_a_sender_is_looked_up_once_per_claim_group_and_afresh_after(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    looked_up: list[str] = []
+    real = pipeline_mod.schools_of
+
+    def counting(session: Any, address: str, scope: str = "default") -> frozenset[str]:
+        looked_up.append(address)
+        return real(session, address, scope)
+
+    monkeypatch.setattr(pipeline_mod, "schools_of", counting)
+    today = dt.date.today()
+    raws = [
+        referral_email(
+            subject=f"CME referral {i}",
+            attachments=[("r.pdf", fill_pdf(referral_values(today, upn=make_upn(serial=500 + i))))],
+        )
+        for i in range(3)
+    ]
+    bot.deliver(*raws)
+    summary = bot.poll()
+    assert summary.outcomes["processed"] == 3
+    assert looked_up == [SAMPLE_SENDER]  # one group, one sender: one query
+    assert bot.pipeline._approved is None  # nothing remembered once the group is done
+
+    # Off the list between two polls: the next group asks again and refuses.
+    from cme_mailbot.contacts import remove_contact
+
+    with session_scope(bot.engine) as s:
+        assert remove_contact(s, SAMPLE_SENDER, actor="test")
+    bot.deliver(referral_email(subject="CME referral 4"))
+    assert bot.poll().outcomes["unapproved_sender"] == 1
+    assert looked_up == [SAMPLE_SENDER, SAMPLE_SENDER]
+
+
+def test_outside_a_claim_group_every_lookup_asks_the_database(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    real = pipeline_mod.schools_of
+    monkeypatch.setattr(
+        pipeline_mod, "schools_of", lambda *a, **k: calls.append(a[1]) or real(*a, **k)
+    )
+    assert bot.pipeline._schools(SAMPLE_SENDER)
+    assert bot.pipeline._schools(SAMPLE_SENDER)
+    assert len(calls) == 2  # a release or a console action sees the list as it is now
+
+
+# ---- the sandbox worker: started early, ended at once -------------------------------------------
+
+
+def test_a_warmed_up_worker_is_the_one_that_reads() -> None:
+    reader = SandboxedReader(LIMITS)
+    try:
+        reader.warm_up()
+        reader.warm_up()  # one is enough
+        worker = reader._worker
+        assert worker is not None and reader.workers_started == 1
+        form = fill_pdf(referral_values(dt.date.today()))
+        assert reader("referral.pdf", "application/pdf", form) is not None
+        assert reader._worker is worker and reader.workers_started == 1
+    finally:
+        reader.close()
+    assert worker.proc.poll() is not None  # ended, not left behind
+
+
+def test_a_warmed_up_worker_that_died_is_replaced() -> None:
+    reader = SandboxedReader(LIMITS)
+    try:
+        reader.warm_up()
+        assert reader._worker is not None
+        reader._worker.proc.kill()
+        reader._worker.proc.wait()
+        form = fill_pdf(referral_values(dt.date.today()))
+        assert reader("referral.pdf", "application/pdf", form) is not None
+        assert reader.workers_started == 2
+    finally:
+        reader.close()
+
+
+def test_a_worker_that_cannot_start_is_reported_at_the_first_read_not_the_warm_up() -> None:
+    reader = SandboxedReader(LIMITS, reader="tests.data.no_such_module:read")
+    try:
+        reader.warm_up()  # never raises
+        with pytest.raises(SandboxError, match="did not start"):
+            reader("referral.pdf", "application/pdf", b"%PDF-1.7")
+        assert reader._worker is None  # the next read starts another
+    finally:
+        reader.close()
