@@ -239,9 +239,9 @@ class Referral(SQLModel, table=True):
     child_first_name: str | None = None
     child_last_name: str | None = None
     child_other_names: str | None = None
-    child_dob: date | None = None
+    child_dob: date | None = Field(default=None, index=True)  # rule 9 looks up by these two
     child_gender: str | None = None
-    upn: str | None = None
+    upn: str | None = Field(default=None, index=True)
     year_group: str | None = None
     child_ethnicity: str | None = None
     child_first_language: str | None = None

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, or_
+from sqlalchemy import bindparam, func, insert, union_all
 from sqlmodel import Session, select
 
 from cme_mailbot.config import Settings
@@ -50,7 +50,8 @@ class Decided:
 
 
 _REFERRALS = Referral.__table__  # type: ignore[attr-defined]
-_OPEN = select(_REFERRALS.c.reference).where(_REFERRALS.c.status == ReferralStatus.OPEN)
+_IS_OPEN = _REFERRALS.c.status == ReferralStatus.OPEN
+_OPEN = select(_REFERRALS.c.reference).where(_IS_OPEN)
 _BY_UPN = _REFERRALS.c.upn == bindparam("upn")
 _BY_NAME = (
     (func.lower(_REFERRALS.c.child_first_name) == bindparam("first"))
@@ -65,13 +66,17 @@ _REFERRAL_FIELDS = frozenset(Referral.model_fields) - {
 _INSERT_REFERRAL = insert(_REFERRALS)
 _INSERT_FORM_RESULT = insert(FormResult.__table__)  # type: ignore[attr-defined]
 # Built once: this runs for every form, and building the statement cost more than running it.
+# Either way of matching uses its own index (ix_referral_upn, ix_referral_child_dob); with both,
+# a union of the two lookups, since an OR may lead a planner without statistics (SQLite) to
+# scan every open referral instead.
+_EITHER = union_all(
+    select(_REFERRALS.c.reference, _REFERRALS.c.id).where(_IS_OPEN & _BY_UPN),
+    select(_REFERRALS.c.reference, _REFERRALS.c.id).where(_IS_OPEN & _BY_NAME),
+).subquery()
 _FIND_OPEN = {
-    key: _OPEN.where(where).order_by(_REFERRALS.c.id).limit(1)
-    for key, where in (
-        ((True, False), _BY_UPN),
-        ((False, True), _BY_NAME),
-        ((True, True), or_(_BY_UPN, _BY_NAME)),
-    )
+    (True, False): _OPEN.where(_BY_UPN).order_by(_REFERRALS.c.id).limit(1),
+    (False, True): _OPEN.where(_BY_NAME).order_by(_REFERRALS.c.id).limit(1),
+    (True, True): select(_EITHER.c.reference).order_by(_EITHER.c.id).limit(1),
 }
 
 
