@@ -189,6 +189,9 @@ _RECORD_DELIVERY = (
 )
 
 
+_APPROVED_FOR = 5.0  # seconds a sender's approved schools are remembered within a claim group
+
+
 class _Later:
     """A message of a group to be claimed on its own when its turn comes."""
 
@@ -306,9 +309,11 @@ class Pipeline:
         self.launch_helper: HelperLauncher | None = None
         # The message after the one in hand (claimed by us), which the sandbox may start on.
         self._up_next: MailboxMessage | None = None
-        # Within one claim group (a second or less), whose schools each sender is approved for:
-        # the prefetch and the stages both ask, and a backlog tends to come from few senders.
+        # Within one claim group, whose schools each sender is approved for, for at most
+        # _APPROVED_FOR seconds: the prefetch and the stages both ask, and a backlog tends to
+        # come from few senders. A change to the list takes effect within those seconds.
         self._approved: dict[str, frozenset[str]] | None = None
+        self._approved_until = 0.0
 
     # ---- one pass ------------------------------------------------------------------------
 
@@ -377,7 +382,7 @@ class Pipeline:
             for group in _groups(messages, self.settings.poller.file_batch, _GROUP_BYTES):
                 claims = self._claim_many(group)  # one transaction for the group
                 begun = 0  # how many of the group have been started
-                self._approved = {}
+                self._approved, self._approved_until = {}, time.monotonic() + _APPROVED_FOR
                 try:
                     for k, (mm, claim) in enumerate(zip(group, claims, strict=True)):
                         if self.stop_requested.is_set():
@@ -902,6 +907,9 @@ class Pipeline:
 
     def _schools(self, sender: str) -> frozenset[str]:
         known = self._approved
+        if known is not None and time.monotonic() > self._approved_until:
+            known.clear()
+            self._approved_until = time.monotonic() + _APPROVED_FOR
         if known is not None and sender in known:
             return known[sender]
         with Session(self.engine) as s:

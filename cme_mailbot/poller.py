@@ -10,6 +10,7 @@ the message in hand finish, then the process exits 0.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import signal
 import threading
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from types import FrameType
 
 import structlog
+from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from cme_mailbot.mailbox import MailboxError
@@ -96,15 +98,30 @@ def run_pollers(pollers: list[Poller]) -> None:
         executors={"default": {"type": "threadpool", "max_workers": max(len(pollers), 1)}}
     )
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("stopping", signal=signal.Signals(signum).name)
+    received: list[int] = []
+    stop_now = threading.Event()
+
+    def stopper() -> None:
+        stop_now.wait()
+        log.info("stopping", signal=signal.Signals(received[0]).name)
         for poller in pollers:
             poller.request_stop()
+        # Waits for the cycles in hand: the current messages finish, then start() returns.
+        with contextlib.suppress(SchedulerNotRunningError):
+            scheduler.shutdown(wait=True)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        # Only flags here. A handler runs between two steps of the main thread, which may hold
+        # the scheduler's locks: shutting the scheduler down from here could deadlock (it did,
+        # when a signal came while the scheduler was starting a job's thread).
+        if received:
+            return  # a second signal: the stop the first one began goes on
+        received.append(signum)
         if not scheduler.running:  # still starting: nothing is in hand yet
             raise SystemExit(0)
-        # Waits for the cycles in hand: the current messages finish, then it returns.
-        scheduler.shutdown(wait=True)
+        stop_now.set()
 
+    threading.Thread(target=stopper, name="stopper", daemon=True).start()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     for poller in pollers:

@@ -102,7 +102,6 @@ class FormSchema:
 _NOT_ALNUM = re.compile(r"[^a-z0-9]+")
 
 
-@lru_cache(maxsize=4096)  # the same labels and choices, form after form
 def normalise_label(text: str) -> str:
     """Labels compare case- and punctuation-insensitively: "Child's DOB:" ~ "childs dob"."""
     text = text.lower().replace("'", "").replace("’", "")

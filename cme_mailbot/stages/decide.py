@@ -126,15 +126,33 @@ def safe_subject(subject: str, forms: Sequence[ExtractedForm], schema: FormSchem
         for fid in _SUBJECT_PERSONAL:
             value = form.fields.get(fid, "").strip()
             tokens.update(t for t in [value, *value.split()] if len(t) >= 2)
-    text = subject
-    if tokens:  # one pass, longest first: a whole name goes before its parts
-        known = "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
-        text = re.sub(known, REDACTED, text, flags=re.I)
+    text = _redact_spans(subject, tokens)
     text = " ".join(UPN_PATTERN.sub(REDACTED, text).split())
     for match in _NAME_LIKE.finditer(text):
         if not {w.lower() for w in match.groups()} <= _SUBJECT_WORDS:
             return "your email"
     return text
+
+
+def _redact_spans(text: str, tokens: set[str]) -> str:
+    """Every place any token occurs (any case), overlapping places merged, each replaced once:
+    no fragment of a name is left beside the marker, and no token matches inside the marker."""
+    spans = sorted(
+        (m.start(), m.end())
+        for token in tokens
+        for m in re.finditer(re.escape(token), text, flags=re.I)
+    )
+    merged: list[list[int]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    out, at = [], 0
+    for start, end in merged:
+        out += [text[at:start], REDACTED]
+        at = end
+    return "".join([*out, text[at:]])
 
 
 def reply_subject_base(subject: str) -> str:

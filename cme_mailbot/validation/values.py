@@ -30,6 +30,7 @@ Normalised forms (the values stored in the referral record):
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 
 import phonenumbers
@@ -161,10 +162,17 @@ def parse_choice(spec: FieldSpec, text: str) -> str:
     """The id of the choice whose id or printed label the text names."""
     wanted = normalise_label(text)
     if wanted:
-        for choice in spec.choices:
-            if wanted in (normalise_label(choice.id), normalise_label(choice.label)):
-                return choice.id
+        for choice_id, names in _choice_names(spec):
+            if wanted in names:
+                return choice_id
     raise ValueFormatError(f"not one of the choices for {spec.label}")
+
+
+@functools.cache  # the schema's own words, normalised once (never the text a form holds)
+def _choice_names(spec: FieldSpec) -> tuple[tuple[str, frozenset[str]], ...]:
+    return tuple(
+        (c.id, frozenset({normalise_label(c.id), normalise_label(c.label)})) for c in spec.choices
+    )
 
 
 # ---- identifiers -----------------------------------------------------------------------------
