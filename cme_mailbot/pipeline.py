@@ -9,10 +9,13 @@ message -> send the replies. The ledger row moves forward one committed step at 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -314,6 +317,8 @@ class Pipeline:
         # come from few senders. A change to the list takes effect within those seconds.
         self._approved: dict[str, frozenset[str]] | None = None
         self._approved_until = 0.0
+        # During a pass, the thread that sends decided messages' replies (`_finish`).
+        self._sending: _SendingThread | None = None
 
     # ---- one pass ------------------------------------------------------------------------
 
@@ -378,6 +383,7 @@ class Pipeline:
         started = 0.0
         # Well inside the lease that keeps other instances off decided messages and their replies.
         max_age = self.settings.poller.lease_seconds / 4
+        self._sending = _SendingThread(self._send_decided) if self._threads_share_db else None
         try:
             for group in _groups(messages, self.settings.poller.file_batch, _GROUP_BYTES):
                 claims = self._claim_many(group)  # one transaction for the group
@@ -415,9 +421,20 @@ class Pipeline:
                 if self.stop_requested.is_set():
                     return
         finally:  # decided ones are filed and answered whatever stopped the loop
-            if batch:
-                done, batch = batch, []
-                self._finish(done)
+            try:
+                if batch:
+                    done, batch = batch, []
+                    self._finish(done)
+            finally:
+                sending, self._sending = self._sending, None
+                if sending is not None:
+                    sending.close()  # every reply handed to it is sent; raises what stopped it
+
+    @functools.cached_property
+    def _threads_share_db(self) -> bool:
+        """False for an in-memory SQLite database, which each thread would see afresh."""
+        url = self.engine.url
+        return not (url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"))
 
     # ---- sharing a backlog between processes -----------------------------------------------
 
@@ -540,8 +557,9 @@ class Pipeline:
                 forget_sensitive()
 
     def _finish(self, batch: list[_Decided]) -> None:
-        """File decided messages (one move per folder), then send each one's replies. Each
-        delivery is recorded as soon as it is made, so a crash re-sends at most one email."""
+        """File decided messages (one move per folder), then send each one's replies: here, or
+        during a pass on the sending thread (`_SendingThread`) while the next ones are decided.
+        Each delivery is recorded as soon as it is made, so a crash re-sends at most one email."""
         by_folder: dict[str, list[_Decided]] = {}
         for d in batch:
             by_folder.setdefault(d.folder, []).append(d)
@@ -553,6 +571,14 @@ class Pipeline:
                 log.warning("file_failed", error=str(exc), count=len(group))
                 continue  # still DECIDED: the next pass files them
             filed.extend((d.row_id, folder) for d in group)
+        if self._sending is not None:
+            self._sending.put(batch, filed)
+        else:
+            self._send_decided(batch, filed)
+
+    def _send_decided(self, batch: list[_Decided], filed: list[tuple[int, str]]) -> None:
+        """Send filed messages' replies, recording each delivery (and, with the first, which
+        messages were filed) as soon as it is made."""
         for d in batch:
             for e in d.emails:
                 if not self._still_ours(e):
@@ -1210,6 +1236,55 @@ class _Decided:
     folder: str
     outcome: Outcome
     emails: list[OutboundEmail]
+
+
+class _SendingThread:
+    """Sends the replies of filed batches on a thread of its own, one batch at a time, while
+    the poller decides the next ones: the SMTP exchange and the record of each delivery wait
+    on the network and the disk, not on the poller's CPU. At most one batch waits behind the
+    one being sent, so the poller never gets far ahead of its replies (their claims hold for
+    a lease). Started at the first batch; `close` waits until all are sent. What stops it
+    (a database error) is raised in the poller, at the next `put` or at `close`; the batches
+    after it are left as they are: pending, claimed for a lease, then sent by the outbox."""
+
+    def __init__(self, send: Callable[[list[_Decided], list[tuple[int, str]]], None]) -> None:
+        self._send = send
+        self._queue: queue.Queue[tuple[list[_Decided], list[tuple[int, str]]] | None]
+        self._queue = queue.Queue(maxsize=1)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None  # what stopped it, kept
+        self._raised = False  # whether the poller has been told
+
+    def put(self, batch: list[_Decided], filed: list[tuple[int, str]]) -> None:
+        self._raise()
+        if self._thread is None:  # log lines keep the pass's context (the mailbox)
+            run = contextvars.copy_context().run
+            self._thread = threading.Thread(
+                target=run, args=(self._serve,), name="cme-sending", daemon=True
+            )
+            self._thread.start()
+        self._queue.put((batch, filed))
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        self._raise()
+
+    def _serve(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # left pending under their claims: the outbox sends them later
+            try:
+                self._send(*item)
+            except BaseException as exc:  # handed to the poller's thread, which raises it
+                self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None and not self._raised:
+            self._raised = True
+            raise self._error
 
 
 @dataclass(frozen=True)

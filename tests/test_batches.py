@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -325,3 +326,81 @@ def test_giving_back_leaves_a_message_another_instance_has_taken_over(bot: Bot) 
     assert set(rows) == {first}  # ours given back; theirs untouched, its original kept
     with Session(bot.engine) as s:
         assert s.get(MessageBlob, first) is not None
+
+
+def _one_per_batch(bot: Bot, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = bot.pipeline.settings
+    poller = s.poller.model_copy(update={"file_batch": 1})
+    monkeypatch.setattr(bot.pipeline, "settings", s.model_copy(update={"poller": poller}))
+
+
+def test_replies_go_out_on_their_own_thread_while_the_next_message_is_decided(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _one_per_batch(bot, monkeypatch)
+    bot.deliver(*referrals(3))
+    pipeline = bot.pipeline
+    second_decided = threading.Event()
+    finished = {"n": 0}
+    real_finish, real_send = pipeline._finish, bot.outbox.send
+    senders: list[str] = []
+
+    def finish(batch: list[Any]) -> None:
+        finished["n"] += 1
+        if finished["n"] == 2:
+            second_decided.set()
+        real_finish(batch)
+
+    def send(raw: bytes, sender: str, recipients: Any) -> list[str]:
+        senders.append(threading.current_thread().name)
+        if len(senders) == 1:  # the first reply waits until the next message is decided
+            assert second_decided.wait(60), "the poller waited for the first reply to go"
+        return real_send(raw, sender, recipients)
+
+    monkeypatch.setattr(pipeline, "_finish", finish)
+    monkeypatch.setattr(bot.outbox, "send", send)
+    summary = bot.poll()
+    assert summary.done == 3 and summary.replies_sent == 3
+    assert set(senders) == {"cme-sending"}
+    assert [r.state for r in outbox_rows(bot)] == [OutboundState.SENT] * 3
+    assert all(m["state"] == MessageState.FILED.value for m in bot.messages())
+
+
+def test_a_failure_on_the_sending_thread_stops_the_pass_and_loses_nothing(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _one_per_batch(bot, monkeypatch)
+    bot.deliver(*referrals(3))
+    real_send = bot.outbox.send
+    sent = {"n": 0}
+
+    def send(raw: bytes, sender: str, recipients: Any) -> list[str]:
+        sent["n"] += 1
+        if sent["n"] == 1:
+            raise RuntimeError("the transport broke")  # not a delivery failure: a bug
+        return real_send(raw, sender, recipients)
+
+    monkeypatch.setattr(bot.outbox, "send", send)
+    with pytest.raises(RuntimeError, match="the transport broke"):
+        bot.poll()  # raised in the poller's own thread
+    assert bot.sent_to() == []  # the batches behind it were not sent either
+    monkeypatch.setattr(bot.outbox, "send", real_send)
+    with Session(bot.engine) as s:  # their claims run out
+        s.execute(update(OutboundEmail).values(next_attempt_at=LONG_AGO))
+        s.execute(update(InboundMessage).values(lease_until=LONG_AGO))
+        s.commit()
+    bot.poll()
+    assert len(bot.sent_to()) == 3  # each reply once
+    assert [r.state for r in outbox_rows(bot)] == [OutboundState.SENT] * 3
+    assert bot.inbox() == []
+
+
+def test_an_in_memory_database_keeps_sending_on_the_pollers_thread(bot: Bot) -> None:
+    from sqlmodel import create_engine
+
+    from cme_mailbot.pipeline import Pipeline
+
+    assert bot.pipeline._threads_share_db
+    for url in ("sqlite://", "sqlite:///:memory:"):
+        p = Pipeline(create_engine(url), bot.settings, bot.mailbox, bot.outbox)
+        assert not p._threads_share_db
