@@ -401,6 +401,7 @@ def deploy(
     max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
     max_attachment_bytes: int = DEFAULT_ATTACHMENT_BYTES,
     workers: int = 1,
+    smtp_delay: float = 0.0,
 ) -> Deployment:
     from tests.servers import start_dovecot, start_smtp
 
@@ -413,7 +414,7 @@ def deploy(
             raise BenchError(str(exc)) from None
         raise
     cleanup.add(dovecot.cleanup)
-    smtp = start_smtp()
+    smtp = start_smtp(delay=smtp_delay)
     cleanup.add(smtp.stop)
     if database == "postgresql":
         if not pg:
@@ -755,6 +756,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=1, help="[poller] workers: processes sharing the drain (1)"
     )
+    parser.add_argument(
+        "--smtp-delay-ms",
+        type=float,
+        default=0.0,
+        help="the SMTP sink takes this long to answer each DATA, as a distant server does (0)",
+    )
     parser.add_argument("--profile", type=Path, help="cProfile the drain into this file")
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a target fails")
@@ -783,7 +790,8 @@ def main(argv: list[str] | None = None) -> int:
 
             t0 = time.perf_counter()
             raws = [referral(factory, i, run_id)[0] for i in range(n)]
-            live = deploy(cleanup, base, "drain", args.database, pg, workers=args.workers)
+            live = deploy(cleanup, base, "drain", args.database, pg, workers=args.workers,
+                          smtp_delay=args.smtp_delay_ms / 1000)  # fmt: skip
             live.deliver(raws)
             del raws
             print(f"generated and delivered {n} messages in {time.perf_counter() - t0:.1f} s",
@@ -814,6 +822,7 @@ def main(argv: list[str] | None = None) -> int:
                 m = args.memory_messages
                 t0 = time.perf_counter()
                 big = deploy(cleanup, base, "memory", args.database, pg, workers=args.workers,
+                             smtp_delay=args.smtp_delay_ms / 1000,
                              max_message_bytes=BIG_MESSAGE_BYTES,
                              max_attachment_bytes=BIG_ATTACHMENT_BYTES)  # fmt: skip
                 middle = m // 2
@@ -840,7 +849,10 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: interrupted; servers and temporary files cleaned up", file=sys.stderr)
         return 130
 
-    text, ok = table(results, args.database)
+    setting = args.database
+    if args.smtp_delay_ms:
+        setting += f"; the SMTP sink answers each DATA after {args.smtp_delay_ms:g} ms"
+    text, ok = table(results, setting)
     print(text)
     if args.profile:
         print(f"profile of the drain written to {args.profile}")

@@ -13,6 +13,7 @@ which provides the fixtures `dovecot_factory`, `dovecot`, `smtp_factory` and `sm
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -677,6 +678,7 @@ class _StoringHandler:
         self.messages: list[ReceivedMessage] = []
         self.reply: str | None = None  # e.g. "451 4.3.0 try later"; None accepts
         self.reply_at = "data"  # or "rcpt": refuse each recipient instead
+        self.delay = 0.0  # seconds before answering DATA, as a distant server takes (bench)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -687,6 +689,8 @@ class _StoringHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.reply is not None:
             return self.reply
         content = envelope.original_content or b""
@@ -864,13 +868,16 @@ def start_smtp(
     reply: str | None = None,
     reply_at: str = "data",
     oauth2_tokens: Mapping[str, str] | None = None,
+    delay: float = 0.0,
 ) -> SmtpServer:
     """Start an SMTP sink on a free 127.0.0.1 port; `reply` as in `SmtpServer.reply_with`.
 
-    `oauth2_tokens` ({token: user}) makes it require AUTH XOAUTH2 with one of those tokens.
+    `oauth2_tokens` ({token: user}) makes it require AUTH XOAUTH2 with one of those tokens;
+    `delay` (seconds) is how long it takes to answer each DATA, as a distant server would.
     """
     server = SmtpServer(oauth2_tokens=oauth2_tokens)
     server.reply_with(reply, at=reply_at)
+    server._handler.delay = delay
     server.start()
     return server
 
