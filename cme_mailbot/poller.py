@@ -118,6 +118,7 @@ def run_pollers(pollers: list[Poller]) -> None:
             return  # a second signal: the stop the first one began goes on
         received.append(signum)
         if not scheduler.running:  # still starting: nothing is in hand yet
+            log.info("stopping", signal=signal.Signals(signum).name, starting=True)
             raise SystemExit(0)
         stop_now.set()
 

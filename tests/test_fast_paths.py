@@ -20,6 +20,8 @@ from typing import Any, cast
 from unittest import mock
 
 import pytest
+import structlog
+import structlog.testing
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from cme_mailbot import pipeline as pipeline_mod
@@ -316,6 +318,7 @@ def test_a_signal_before_the_scheduler_runs_is_a_clean_exit() -> None:
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         with (
+            structlog.testing.capture_logs() as logs,
             pytest.raises(SystemExit) as stopped,
             mock.patch.object(
                 BlockingScheduler, "start", lambda self: os.kill(os.getpid(), signal.SIGTERM)
@@ -326,3 +329,7 @@ def test_a_signal_before_the_scheduler_runs_is_a_clean_exit() -> None:
         for signum, handler in saved.items():
             signal.signal(signum, handler)
     assert stopped.value.code == 0 and poller.stops == 0  # nothing was running to stop
+    # Said as when stopped running: an operator (and the test of `run`) looks for it.
+    assert {"event": "stopping", "signal": "SIGTERM", "starting": True} in [
+        {k: e.get(k) for k in ("event", "signal", "starting")} for e in logs
+    ]
