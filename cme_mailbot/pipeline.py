@@ -32,6 +32,7 @@ import structlog
 from sqlalchemy import ColumnElement, bindparam, delete, func, insert, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import SingletonThreadPool, StaticPool
 from sqlmodel import Session, col, select
 
 from cme_mailbot import forms as forms_pkg
@@ -385,56 +386,76 @@ class Pipeline:
         max_age = self.settings.poller.lease_seconds / 4
         self._sending = _SendingThread(self._send_decided) if self._threads_share_db else None
         try:
-            for group in _groups(messages, self.settings.poller.file_batch, _GROUP_BYTES):
-                claims = self._claim_many(group)  # one transaction for the group
-                begun = 0  # how many of the group have been started
-                self._approved, self._approved_until = {}, time.monotonic() + _APPROVED_FOR
-                try:
-                    for k, (mm, claim) in enumerate(zip(group, claims, strict=True)):
-                        if self.stop_requested.is_set():
-                            break
-                        begun = k + 1
-                        summary.new += 1
-                        following = claims[k + 1] if k + 1 < len(group) else None
-                        self._up_next = group[k + 1] if _fresh(following) else None
-                        decided = self._decide(
-                            mm, self._claim(mm) if isinstance(claim, _Later) else claim
-                        )
-                        if decided is None:
-                            continue
-                        if not batch:
-                            started = time.monotonic()
-                        batch.append(decided)
-                        summary.done += 1
-                        summary.outcomes[decided.outcome.value] += 1
-                        if progress:
-                            progress(f"message {summary.done}: {decided.outcome.value}")
-                        full = len(batch) >= self.settings.poller.file_batch
-                        if full or time.monotonic() - started > max_age:
-                            done, batch = batch, []
-                            self._finish(done)
-                finally:
-                    # Claims of the group not started (a stop, or an error escaping the one
-                    # before) go back at once rather than waiting out their lease.
-                    self._give_back([c for c in claims[begun:] if _fresh(c)])
-                    self._approved = None
-                if self.stop_requested.is_set():
-                    return
-        finally:  # decided ones are filed and answered whatever stopped the loop
             try:
+                for group in _groups(messages, self.settings.poller.file_batch, _GROUP_BYTES):
+                    claims = self._claim_many(group)  # one transaction for the group
+                    begun = 0  # how many of the group have been started
+                    self._approved, self._approved_until = {}, time.monotonic() + _APPROVED_FOR
+                    try:
+                        for k, (mm, claim) in enumerate(zip(group, claims, strict=True)):
+                            if self.stop_requested.is_set():
+                                break
+                            begun = k + 1
+                            summary.new += 1
+                            following = claims[k + 1] if k + 1 < len(group) else None
+                            self._up_next = group[k + 1] if _fresh(following) else None
+                            decided = self._decide(
+                                mm, self._claim(mm) if isinstance(claim, _Later) else claim
+                            )
+                            if decided is None:
+                                continue
+                            if not batch:
+                                started = time.monotonic()
+                            batch.append(decided)
+                            summary.done += 1
+                            summary.outcomes[decided.outcome.value] += 1
+                            if progress:
+                                progress(f"message {summary.done}: {decided.outcome.value}")
+                            full = len(batch) >= self.settings.poller.file_batch
+                            if full or time.monotonic() - started > max_age:
+                                done, batch = batch, []
+                                self._finish(done)
+                                error = self._sending.error if self._sending else None
+                                if error is not None:
+                                    raise error  # the replies stopped going out
+                    finally:
+                        # Claims of the group not started (a stop, or an error escaping the one
+                        # before) go back at once rather than waiting out their lease.
+                        self._give_back([c for c in claims[begun:] if _fresh(c)])
+                        self._approved = None
+                    if self.stop_requested.is_set():
+                        break
+            finally:  # decided ones are filed and answered whatever stopped the loop
                 if batch:
                     done, batch = batch, []
                     self._finish(done)
-            finally:
-                sending, self._sending = self._sending, None
-                if sending is not None:
-                    sending.close()  # every reply handed to it is sent; raises what stopped it
+        except BaseException as exc:
+            self._end_sending(exc)
+            raise
+        self._end_sending(None)
+
+    def _end_sending(self, propagating: BaseException | None) -> None:
+        """Wait until the sending thread has sent every reply handed to it. What stopped it is
+        raised here, unless the pass is already ending with an exception of its own (which is
+        the one to report; the sender's is logged)."""
+        sending, self._sending = self._sending, None
+        error = sending.close() if sending is not None else None
+        if error is None or error is propagating:
+            return
+        if propagating is None:
+            raise error
+        log.error("sending_failed", error=type(error).__name__)
 
     @functools.cached_property
     def _threads_share_db(self) -> bool:
-        """False for an in-memory SQLite database, which each thread would see afresh."""
+        """Whether a second thread may use the database alongside the poller's: not with an
+        in-memory SQLite database (each thread would see its own, or share one connection)."""
+        if isinstance(self.engine.pool, SingletonThreadPool | StaticPool):
+            return False
         url = self.engine.url
-        return not (url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"))
+        database = str(url.database or "")
+        in_memory = database in ("", ":memory:") or "mode=memory" in str(url)
+        return not (url.get_backend_name() == "sqlite" and in_memory)
 
     # ---- sharing a backlog between processes -----------------------------------------------
 
@@ -560,6 +581,8 @@ class Pipeline:
         """File decided messages (one move per folder), then send each one's replies: here, or
         during a pass on the sending thread (`_SendingThread`) while the next ones are decided.
         Each delivery is recorded as soon as it is made, so a crash re-sends at most one email."""
+        if self._sending is not None and self._sending.error is not None:
+            return  # the replies stopped going out: these stay decided, for the next pass
         by_folder: dict[str, list[_Decided]] = {}
         for d in batch:
             by_folder.setdefault(d.folder, []).append(d)
@@ -571,16 +594,27 @@ class Pipeline:
                 log.warning("file_failed", error=str(exc), count=len(group))
                 continue  # still DECIDED: the next pass files them
             filed.extend((d.row_id, folder) for d in group)
-        if self._sending is not None:
-            self._sending.put(batch, filed)
-        else:
+        if self._sending is None:
             self._send_decided(batch, filed)
+            return
+        # With a sending thread, the messages are recorded as filed here and now: never behind
+        # replies still waiting to go.
+        self._record([], filed=filed)
+        self._sending.put(batch)
 
-    def _send_decided(self, batch: list[_Decided], filed: list[tuple[int, str]]) -> None:
+    def _send_decided(
+        self,
+        batch: list[_Decided],
+        filed: list[tuple[int, str]],
+        abandon: threading.Event | None = None,
+    ) -> None:
         """Send filed messages' replies, recording each delivery (and, with the first, which
-        messages were filed) as soon as it is made."""
+        messages were filed) as soon as it is made; with `abandon` set, stop after the one in
+        hand (the rest stay pending, claimed, for the outbox to send)."""
         for d in batch:
             for e in d.emails:
+                if abandon is not None and abandon.is_set():
+                    break
                 if not self._still_ours(e):
                     continue  # our claim ran out and another instance has taken it
                 self._record([self._deliver(e)], filed=filed)
@@ -1239,52 +1273,58 @@ class _Decided:
 
 
 class _SendingThread:
-    """Sends the replies of filed batches on a thread of its own, one batch at a time, while
-    the poller decides the next ones: the SMTP exchange and the record of each delivery wait
-    on the network and the disk, not on the poller's CPU. At most one batch waits behind the
-    one being sent, so the poller never gets far ahead of its replies (their claims hold for
-    a lease). Started at the first batch; `close` waits until all are sent. What stops it
-    (a database error) is raised in the poller, at the next `put` or at `close`; the batches
-    after it are left as they are: pending, claimed for a lease, then sent by the outbox."""
+    """Sends the replies of filed batches on a thread of its own, one email at a time, while
+    the poller decides the next messages: the SMTP exchange and the record of each delivery
+    wait on the network and the disk, not on the poller's CPU. At most one batch waits behind
+    the one being sent, so the poller never gets far ahead of its replies (their claims hold
+    for a lease). Started at the first batch; `close` waits until all are sent.
 
-    def __init__(self, send: Callable[[list[_Decided], list[tuple[int, str]]], None]) -> None:
+    What stops it (a database error) is kept in `error` for the poller to raise; the batches
+    after it are not sent: pending and claimed, they are sent by the outbox once the claim runs
+    out. Interrupted while it waits in `close`, the poller has the thread stop after the email
+    in hand, so the transport is never used by two threads at once."""
+
+    def __init__(
+        self, send: Callable[[list[_Decided], list[tuple[int, str]], threading.Event], None]
+    ) -> None:
         self._send = send
-        self._queue: queue.Queue[tuple[list[_Decided], list[tuple[int, str]]] | None]
-        self._queue = queue.Queue(maxsize=1)
+        self._queue: queue.Queue[list[_Decided] | None] = queue.Queue(maxsize=1)
         self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None  # what stopped it, kept
-        self._raised = False  # whether the poller has been told
+        self._abandon = threading.Event()
+        self.error: BaseException | None = None
 
-    def put(self, batch: list[_Decided], filed: list[tuple[int, str]]) -> None:
-        self._raise()
+    def put(self, batch: list[_Decided]) -> None:
         if self._thread is None:  # log lines keep the pass's context (the mailbox)
             run = contextvars.copy_context().run
-            self._thread = threading.Thread(
+            thread = threading.Thread(
                 target=run, args=(self._serve,), name="cme-sending", daemon=True
             )
-            self._thread.start()
-        self._queue.put((batch, filed))
+            thread.start()
+            self._thread = thread
+        self._queue.put(batch)
 
-    def close(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-        self._raise()
+    def close(self) -> BaseException | None:
+        """Wait until every batch handed over is sent (or skipped after an error); the error."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            try:
+                self._queue.put(None)
+                thread.join()
+            except BaseException:  # Ctrl-C while waiting: the email in hand finishes, no more
+                self._abandon.set()
+                self._queue.put(None)
+                thread.join()
+                raise
+        return self.error
 
     def _serve(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if self._error is not None:
+        while (batch := self._queue.get()) is not None:
+            if self.error is not None or self._abandon.is_set():
                 continue  # left pending under their claims: the outbox sends them later
             try:
-                self._send(*item)
-            except BaseException as exc:  # handed to the poller's thread, which raises it
-                self._error = exc
-
-    def _raise(self) -> None:
-        if self._error is not None and not self._raised:
-            self._raised = True
-            raise self._error
+                self._send(batch, [], self._abandon)
+            except BaseException as exc:  # the poller raises it
+                self.error = exc
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ recorded, a reply whose claim ran out and was taken over, a sandbox that cannot 
 from __future__ import annotations
 
 import datetime as dt
+import signal
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -17,11 +18,12 @@ from typing import Any, cast
 import pytest
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from cme_mailbot.config import LimitsSettings
 from cme_mailbot.forms import read_form
 from cme_mailbot.forms.fill import fill_pdf
+from cme_mailbot.mailbox import MailboxError
 from cme_mailbot.models import (
     InboundMessage,
     MessageBlob,
@@ -29,7 +31,7 @@ from cme_mailbot.models import (
     OutboundEmail,
     OutboundState,
 )
-from cme_mailbot.pipeline import ReleaseError
+from cme_mailbot.pipeline import ReleaseError, _SendingThread
 from cme_mailbot.samples import make_upn, referral_email, referral_values
 from cme_mailbot.sandbox import SandboxedReader, SandboxError
 from cme_mailbot.stages.extract import Extraction
@@ -69,11 +71,11 @@ def test_a_batch_whose_recording_fails_is_never_answered_twice(
     real = bot.pipeline._record
     calls = {"n": 0}
 
-    def flaky(*args: Any, **kwargs: Any) -> None:
-        calls["n"] += 1
+    def flaky(deliveries: list[Any], **kwargs: Any) -> None:
+        calls["n"] += bool(deliveries)
         if calls["n"] == 2:  # the database fails while the batch's second reply is recorded
             raise OperationalError("UPDATE", {}, Exception("database is locked"))
-        real(*args, **kwargs)
+        real(deliveries, **kwargs)
 
     monkeypatch.setattr(bot.pipeline, "_record", flaky)
     with pytest.raises(OperationalError):
@@ -384,6 +386,12 @@ def test_a_failure_on_the_sending_thread_stops_the_pass_and_loses_nothing(
     with pytest.raises(RuntimeError, match="the transport broke"):
         bot.poll()  # raised in the poller's own thread
     assert bot.sent_to() == []  # the batches behind it were not sent either
+    # No message left the inbox without being recorded as filed.
+    with Session(bot.engine) as s:
+        filed = s.exec(
+            select(func.count()).where(col(InboundMessage.state) == MessageState.FILED)
+        ).one()
+    assert filed + len(bot.inbox()) == 3
     monkeypatch.setattr(bot.outbox, "send", real_send)
     with Session(bot.engine) as s:  # their claims run out
         s.execute(update(OutboundEmail).values(next_attempt_at=LONG_AGO))
@@ -404,3 +412,59 @@ def test_an_in_memory_database_keeps_sending_on_the_pollers_thread(bot: Bot) -> 
     for url in ("sqlite://", "sqlite:///:memory:"):
         p = Pipeline(create_engine(url), bot.settings, bot.mailbox, bot.outbox)
         assert not p._threads_share_db
+
+
+def test_the_passs_own_error_is_the_one_reported_when_sending_failed_too(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _one_per_batch(bot, monkeypatch)
+    bot.deliver(*referrals(2))
+    asked, failed = threading.Event(), threading.Event()
+    real_fetch = bot.mailbox.fetch_new
+
+    def fetch_new(known: Any = frozenset()) -> Iterator[Any]:
+        messages = real_fetch(known)
+        yield next(messages)
+        asked.set()  # the first is decided, filed and handed over; now the sender fails
+        assert failed.wait(30)
+        raise MailboxError("the connection dropped")
+
+    def send(raw: bytes, sender: str, recipients: Any) -> list[str]:
+        assert asked.wait(30)
+        failed.set()
+        raise RuntimeError("the transport broke")
+
+    monkeypatch.setattr(bot.mailbox, "fetch_new", fetch_new)
+    monkeypatch.setattr(bot.outbox, "send", send)
+    summary = bot.poll()  # the mailbox error is caught and recorded as the pass's
+    assert summary.errors == ["the connection dropped"]
+
+
+def test_interrupted_while_it_waits_for_the_sending_thread_it_stops_after_the_email_in_hand() -> (
+    None
+):
+    sent: list[Any] = []
+    started = threading.Event()
+
+    def send(batch: list[Any], filed: Any, abandon: threading.Event) -> None:
+        sent.append(batch)
+        started.set()
+        assert abandon.wait(30)  # the email in hand, done once the poller gives up
+
+    sending = _SendingThread(send)
+    sending.put(cast(Any, ["first"]))
+    assert started.wait(30)
+    sending.put(cast(Any, ["second"]))  # waits behind it
+    main = threading.main_thread().ident
+    assert main is not None and threading.get_ident() == main
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(0.2, signal.pthread_kill, (main, signal.SIGINT))
+    try:
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            sending.close()  # Ctrl-C while waiting for the queue
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, saved)
+    assert sent == [["first"]]  # the one behind it was not sent
+    assert not any(t.name == "cme-sending" for t in threading.enumerate())
