@@ -215,6 +215,8 @@ def run(c: Ctx) -> None:
 
     # Stopped while starting (a service manager may stop it at any moment): nothing is in hand
     # yet, so it simply exits 0, as it would once running (`run_pollers` takes over from here).
+    # The configuration is read first: it sets up the logging that says so, on stderr.
+    _ = c.settings
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _stopped_while_starting)
     pipelines = _pipelines(c, warm=True)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+
+import pytest
+import structlog
 
 from cme_mailbot.forms.fill import fill_pdf
 from cme_mailbot.samples import referral_email, referral_values
@@ -70,3 +74,34 @@ def test_run_stopped_while_it_starts_exits_cleanly(deployment: Deployment) -> No
             proc.kill()
     assert proc.returncode == 0, err
     assert "stopping" in err
+
+
+def test_run_stopped_the_moment_it_catches_sigterm_says_so_on_stderr(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The earliest moment: just after `run` has installed its handler, before it opens the
+    database or the mailbox. The logging is already set up, so "stopping" goes to stderr."""
+    from cme_mailbot import cli
+
+    def stopped_here(*_args: object, **_kwargs: object) -> list[object]:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler interrupts this
+        raise AssertionError("SIGTERM was not caught")
+
+    monkeypatch.setattr(cli, "_pipelines", stopped_here)
+    monkeypatch.delenv("CME_MAILBOT_CONFIG", raising=False)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            cli.cli.main(["--config", str(deployment.config), "run"], standalone_mode=False)
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        root.handlers[:] = handlers  # the logging set up above wrote to this test's capture
+        root.setLevel(level)
+        structlog.reset_defaults()
+    assert stopped.value.code == 0
+    captured = capsys.readouterr()
+    assert "stopping" in captured.err and "stopping" not in captured.out
