@@ -87,6 +87,8 @@ class SandboxedReader:
         self.reader = reader
         self._lock = threading.Lock()
         self._worker: _Worker | None = None
+        # The next worker, started while the current one serves its last files (`_ready_worker`).
+        self._successor: _Worker | None = None
         self._pending: _Prefetched | None = None  # a request sent ahead (`prefetch`)
         self.workers_started = 0  # for tests and the benchmark
         self.prefetched = 0  # requests answered from a prefetch, for tests and the benchmark
@@ -215,13 +217,29 @@ class SandboxedReader:
         worker = self._worker
         if worker is None or not worker.alive() or worker.files >= self.max_files_per_worker:
             self._retire()
-            worker = self._worker = self._start_worker()
+            worker = self._worker = self._take_successor() or self._start_worker()
+        elif (
+            self._successor is None
+            and worker.files >= self.max_files_per_worker - self.max_files_per_worker // 20
+        ):
+            # A worker costs half a second to start: its successor loads its readers on the
+            # other core while this one serves its last twentieth, and takes over at once.
+            with contextlib.suppress(SandboxError):  # then it starts when it is needed
+                self._successor = self._start_worker()
         try:
             worker.wait_ready()
         except SandboxError:
             self._worker = None  # killed: the next read starts another
             raise
         return worker
+
+    def _take_successor(self) -> _Worker | None:
+        """The worker started ahead, if it is still there to take over (it has read nothing)."""
+        successor, self._successor = self._successor, None
+        if successor is not None and not successor.alive():
+            successor.kill()
+            return None
+        return successor
 
     def _start_worker(self) -> _Worker:
         try:
@@ -236,6 +254,9 @@ class SandboxedReader:
         with self._lock:
             self._pending = None  # its worker is stopped below, answer unread
             self._retire()
+            successor, self._successor = self._successor, None
+            if successor is not None:
+                successor.stop()
 
 
 def _message_meta(limits: LimitsSettings, forms: bool) -> dict[str, Any]:
@@ -636,16 +657,14 @@ def _no_external_decoders(pypdf: Any) -> None:
     pypdf.filters.JBIG2DEC_BINARY = None  # pypdf 6
 
 
-def serve(memory_mb: int, cpu_seconds: int, reader: str = DEFAULT_READER) -> int:
-    """The worker's loop: one framed request in, one JSON reply out, until end of input."""
+def _load_readers(reader: str) -> Any:
+    """Load everything a request needs once, before the limits, rather than per file; returns
+    the form reader ("module:function"). Nothing here loads SQLAlchemy or the web stack: a
+    worker is started every thousand messages, and each start keeps a message waiting."""
     import importlib
-    import logging
-    import warnings
 
     import pikepdf  # noqa: F401 - reads PDF forms: its C++ library loads before the limits
-    import pypdf  # writes forms; cme_mailbot.forms.pdf imports it too
 
-    # Loaded once, before the limits, rather than per file.
     import cme_mailbot.forms.docx
     import cme_mailbot.forms.pdf
     import cme_mailbot.stages.extract
@@ -654,7 +673,17 @@ def serve(memory_mb: int, cpu_seconds: int, reader: str = DEFAULT_READER) -> int
 
     default_schema()
     module, _, function = reader.partition(":")
-    read_form = getattr(importlib.import_module(module), function)
+    return getattr(importlib.import_module(module), function)
+
+
+def serve(memory_mb: int, cpu_seconds: int, reader: str = DEFAULT_READER) -> int:
+    """The worker's loop: one framed request in, one JSON reply out, until end of input."""
+    import logging
+    import warnings
+
+    import pypdf  # writes forms; cme_mailbot.forms.pdf imports it too
+
+    read_form = _load_readers(reader)
     logging.disable(logging.CRITICAL)  # library log lines may quote the file
     warnings.simplefilter("ignore")
     _no_external_decoders(pypdf)

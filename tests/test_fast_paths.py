@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -237,6 +239,71 @@ def test_a_warmed_up_worker_is_the_one_that_reads() -> None:
     finally:
         reader.close()
     assert worker.proc.poll() is not None  # ended, not left behind
+
+
+def test_the_next_worker_starts_while_the_last_twentieth_is_read() -> None:
+    reader = SandboxedReader(LIMITS, max_files_per_worker=40)  # its last twentieth: 2 files
+    form = fill_pdf(referral_values(dt.date.today()))
+    try:
+        for _ in range(38):
+            assert reader("referral.pdf", "application/pdf", form) is not None
+        first = reader._worker
+        assert first is not None and reader._successor is None and reader.workers_started == 1
+        assert reader("referral.pdf", "application/pdf", form) is not None  # file 39
+        successor = reader._successor
+        assert successor is not None and reader.workers_started == 2
+        assert reader("referral.pdf", "application/pdf", form) is not None  # file 40
+        assert reader("referral.pdf", "application/pdf", form) is not None  # the successor's
+        assert reader._worker is successor and reader._successor is None
+        assert reader.workers_started == 2 and successor.files == 1
+        assert first.proc.poll() is not None  # retired
+    finally:
+        reader.close()
+    assert successor.proc.poll() is not None
+
+
+def test_a_successor_not_yet_needed_ends_with_the_reader() -> None:
+    reader = SandboxedReader(LIMITS, max_files_per_worker=20)  # its last twentieth: 1 file
+    form = fill_pdf(referral_values(dt.date.today()))
+    try:
+        for _ in range(20):
+            assert reader("referral.pdf", "application/pdf", form) is not None
+        successor = reader._successor
+        assert successor is not None and successor.files == 0
+    finally:
+        reader.close()
+    assert successor.proc.poll() is not None and reader._successor is None
+
+
+def test_a_successor_that_died_is_not_taken() -> None:
+    reader = SandboxedReader(LIMITS, max_files_per_worker=20)
+    form = fill_pdf(referral_values(dt.date.today()))
+    try:
+        for _ in range(20):
+            assert reader("referral.pdf", "application/pdf", form) is not None
+        successor = reader._successor
+        assert successor is not None
+        successor.proc.kill()
+        successor.proc.wait()
+        assert reader("referral.pdf", "application/pdf", form) is not None
+        assert reader._worker is not successor and reader.workers_started == 3
+    finally:
+        reader.close()
+
+
+def test_a_worker_loads_its_readers_without_the_database_or_web_stack() -> None:
+    """Half of a worker's start-up went on SQLAlchemy, pulled in by the configuration's web
+    settings; a worker starts every thousand messages and each start keeps one waiting."""
+    code = (
+        "import sys; from cme_mailbot.sandbox import DEFAULT_READER, _load_readers; "
+        "_load_readers(DEFAULT_READER); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'sqlalchemy', 'sqlmodel', 'starlette', 'jinja2', 'alembic'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
 
 
 def test_a_warmed_up_worker_that_died_is_replaced() -> None:

@@ -1,16 +1,16 @@
 """The web console: council officers keep the approved-sender list and work referrals and the
 quarantine in a browser.
 
-Importing the package registers its tables (users, sign-in attempts, sessions) with SQLModel, so
-`create_all` makes them. The app itself (Starlette) is built by `create_app`, imported lazily so
-that the command line does not pay for the web stack.
+Its tables (users, sign-in attempts, sessions) are in `cme_mailbot.web.models`, which
+`cme_mailbot.db` imports so that `create_all` makes them. Nothing is imported with the package
+itself: `cme_mailbot.config` reads `cme_mailbot.web.settings`, and the sandbox worker, which reads
+the configuration's limits, must not pay for SQLAlchemy at every start. The app (Starlette) is
+built by `create_app`, imported lazily so that the command line does not pay for the web stack.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-
-from cme_mailbot.web import models as models
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -26,4 +26,4 @@ def create_app(settings: Settings, engine: Engine | None = None, **kwargs: Any) 
     return _create_app(settings, engine, **kwargs)
 
 
-__all__ = ["create_app", "models"]
+__all__ = ["create_app"]
