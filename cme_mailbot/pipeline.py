@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard, cast
@@ -38,7 +38,7 @@ from sqlmodel import Session, col, select
 from cme_mailbot import forms as forms_pkg
 from cme_mailbot.config import Settings
 from cme_mailbot.contacts import schools_of
-from cme_mailbot.db import session_scope
+from cme_mailbot.db import defer_durability, session_scope
 from cme_mailbot.mailbox import Mailbox, MailboxAuthError, MailboxError, MailboxMessage
 from cme_mailbot.models import (
     InboundMessage,
@@ -178,6 +178,15 @@ _MARK_DECIDED = (
         lease_until=bindparam("lease"),
     )
 )
+# Before a batch is filed: its claims renewed, in a transaction that waits for the disk.
+_HOLD_FOR_FILING = (
+    update(_IN)
+    .where(_IN.c.id.in_(bindparam("ids", expanding=True)))
+    .where(_IN.c.state == MessageState.DECIDED)
+    .where(_IN.c.claimed_by == bindparam("instance"))
+    .values(lease_until=bindparam("lease"))
+    .returning(_IN.c.id)
+)
 _RECORD_DELIVERY = (
     update(_OUT)
     .where(_OUT.c.id == bindparam("email_id"))
@@ -311,8 +320,9 @@ class Pipeline:
         self.sent_total = 0  # replies and alerts this pipeline has handed to the transport
         # Set by the command line: how to start a helper process for a share of a backlog.
         self.launch_helper: HelperLauncher | None = None
-        # The message after the one in hand (claimed by us), which the sandbox may start on.
-        self._up_next: MailboxMessage | None = None
+        # The messages of the claim group (claimed by us) not yet sent ahead to the sandbox, in
+        # order, each with whether its forms are to be read (worked out once).
+        self._upcoming: deque[tuple[MailboxMessage, bool | None]] = deque()
         # Within one claim group, whose schools each sender is approved for, for at most
         # _APPROVED_FOR seconds: the prefetch and the stages both ask, and a backlog tends to
         # come from few senders. A change to the list takes effect within those seconds.
@@ -320,6 +330,9 @@ class Pipeline:
         self._approved_until = 0.0
         # During a pass, the thread that sends decided messages' replies (`_finish`).
         self._sending: _SendingThread | None = None
+        # During a pass, decisions commit without waiting for the disk; `_finish` makes them
+        # durable, all at once, before it moves a message or sends a reply.
+        self._defer_decisions = False
 
     # ---- one pass ------------------------------------------------------------------------
 
@@ -385,20 +398,22 @@ class Pipeline:
         # Well inside the lease that keeps other instances off decided messages and their replies.
         max_age = self.settings.poller.lease_seconds / 4
         self._sending = _SendingThread(self._send_decided) if self._threads_share_db else None
+        self._defer_decisions = True
         try:
             try:
                 for group in _groups(messages, self.settings.poller.file_batch, _GROUP_BYTES):
                     claims = self._claim_many(group)  # one transaction for the group
                     begun = 0  # how many of the group have been started
                     self._approved, self._approved_until = {}, time.monotonic() + _APPROVED_FOR
+                    self._upcoming = deque(
+                        (mm, None) for mm, c in zip(group, claims, strict=True) if _fresh(c)
+                    )
                     try:
                         for k, (mm, claim) in enumerate(zip(group, claims, strict=True)):
                             if self.stop_requested.is_set():
                                 break
                             begun = k + 1
                             summary.new += 1
-                            following = claims[k + 1] if k + 1 < len(group) else None
-                            self._up_next = group[k + 1] if _fresh(following) else None
                             decided = self._decide(
                                 mm, self._claim(mm) if isinstance(claim, _Later) else claim
                             )
@@ -423,9 +438,11 @@ class Pipeline:
                         # before) go back at once rather than waiting out their lease.
                         self._give_back([c for c in claims[begun:] if _fresh(c)])
                         self._approved = None
+                        self._upcoming.clear()
                     if self.stop_requested.is_set():
                         break
             finally:  # decided ones are filed and answered whatever stopped the loop
+                self._defer_decisions = False
                 if batch:
                     done, batch = batch, []
                     self._finish(done)
@@ -583,6 +600,7 @@ class Pipeline:
         Each delivery is recorded as soon as it is made, so a crash re-sends at most one email."""
         if self._sending is not None and self._sending.error is not None:
             return  # the replies stopped going out: these stay decided, for the next pass
+        batch = self._hold_for_filing(batch)
         by_folder: dict[str, list[_Decided]] = {}
         for d in batch:
             by_folder.setdefault(d.folder, []).append(d)
@@ -601,6 +619,29 @@ class Pipeline:
         # replies still waiting to go.
         self._record([], filed=filed)
         self._sending.put(batch)
+
+    def _hold_for_filing(self, batch: list[_Decided]) -> list[_Decided]:
+        """Those of `batch` still ours, their claims renewed in a transaction that waits for the
+        disk. It takes every decision before it to the disk too (a pass's decisions do not wait
+        for it, `defer_durability`), so no message is moved and no reply sent on a decision a
+        power cut could still undo. A message whose claim has run out and been taken over is
+        left to the instance holding it (two MOVEs of one UID can leave two copies)."""
+        if not batch:
+            return batch
+        with self.engine.begin() as conn:
+            held = set(
+                conn.execute(
+                    _HOLD_FOR_FILING,
+                    {
+                        "ids": [d.row_id for d in batch],
+                        "instance": self.instance,
+                        "lease": self.clock() + self._lease,
+                    },
+                ).scalars()
+            )
+        if len(held) < len(batch):
+            log.warning("claim_lost", count=len(batch) - len(held))
+        return [d for d in batch if d.row_id in held]
 
     def _send_decided(
         self,
@@ -786,11 +827,12 @@ class Pipeline:
         elif raw is None:
             verdict = _Verdict(Outcome.QUARANTINED, "message larger than the configured limit")
         else:
+            self._send_ahead(mm)
             try:
                 verdict = self._judge(raw)
             except _Retry:
                 return None  # still claimed: taken up again once the lease has run out
-        self._prefetch_next()
+        self._send_ahead()
         emails = self._commit_decision(row_id, verdict)
         if emails is None:
             return None
@@ -933,21 +975,32 @@ class Pipeline:
             extraction.forms,
         )  # fmt: skip
 
-    def _prefetch_next(self) -> None:
-        """Let the sandbox start on the next message while this one's decision is written.
+    def _send_ahead(self, in_hand: MailboxMessage | None = None) -> None:
+        """Let the sandbox start on the coming messages of the group while this one is judged
+        and its decision written, as many as it takes (`SandboxedReader.prefetch`): it never
+        waits between messages for the poller.
 
-        It is asked exactly what `_stages` will ask of it (forms only for a genuine, approved
-        sender), so `read_message` then finds the answer waiting; anything else is simply
-        asked again there."""
-        mm, self._up_next = self._up_next, None
+        Each is asked exactly what `_stages` will ask of it (forms only for a genuine, approved
+        sender), so `read_message` then finds the answer waiting; anything else is simply asked
+        again there. `in_hand`, about to be judged, is sent if it is next; if it is still
+        waiting after that (no room), it is asked directly and never sent ahead after."""
         prefetch = getattr(self.read_form, "prefetch", None)
-        if mm is None or mm.raw is None or prefetch is None:
-            return
-        try:
-            wanted = self._genuine_and_approved(parse_headers(mm.raw))
-        except Exception:  # its own pass through the stages will say what is wrong
-            return
-        prefetch(mm.raw, self.settings.limits, forms=wanted)
+        while prefetch is not None and self._upcoming:
+            mm, wanted = self._upcoming[0]
+            if wanted is None and mm.raw is not None:
+                try:
+                    wanted = self._genuine_and_approved(parse_headers(mm.raw))
+                except Exception:  # its own pass through the stages will say what is wrong
+                    wanted = None
+                self._upcoming[0] = (mm, wanted)
+            if mm.raw is None or wanted is None:
+                self._upcoming.popleft()
+                continue
+            if not prefetch(mm.raw, self.settings.limits, forms=wanted):
+                break  # no room: more once an answer has been collected
+            self._upcoming.popleft()
+        if in_hand is not None and self._upcoming and self._upcoming[0][0] is in_hand:
+            self._upcoming.popleft()
 
     def _genuine_and_approved(self, parsed: ParsedMessage) -> bool:
         """Not automatic mail, from a sender shown genuine and on the approved list: the one
@@ -1020,6 +1073,8 @@ class Pipeline:
         now = self.clock()
         queued: list[OutboundEmail] = []
         with session_scope(self.engine) as s:
+            if self._defer_decisions:
+                defer_durability(s.connection())  # made durable by `_finish`, before filing
             moved = s.connection().execute(
                 _MARK_DECIDED,
                 {

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,9 @@ _FORMATS = ("pdf", "docx")
 # Pipes this large (Linux's default cap for a user) take a whole referral, and the one after it,
 # without waiting for the worker to read: sending ahead costs the poller a copy, not a wait.
 _PIPE_BYTES = 1 << 20
+# Requests a worker may have unanswered at once: the one it reads and two waiting, so that it
+# never idles between messages while the poller writes a decision or files a batch.
+_AHEAD = 3
 DEFAULT_READER = "cme_mailbot.forms:read_form"
 
 
@@ -89,15 +93,16 @@ class SandboxedReader:
         self._worker: _Worker | None = None
         # The next worker, started while the current one serves its last files (`_ready_worker`).
         self._successor: _Worker | None = None
-        self._pending: _Prefetched | None = None  # a request sent ahead (`prefetch`)
+        # Requests sent ahead (`prefetch`), oldest first, all to the current worker; their
+        # answers come back in that order.
+        self._pending: deque[_Prefetched] = deque()
+        self._answered_at = 0.0  # when the last answer was read: the next one's clock starts
         self.workers_started = 0  # for tests and the benchmark
         self.prefetched = 0  # requests answered from a prefetch, for tests and the benchmark
 
     def __call__(self, filename: str, content_type: str, data: bytes) -> ExtractedForm | None:
         with self._lock:
-            pending, self._pending = self._pending, None
-            if pending is not None:  # its answer must never be taken for this file's
-                self._drop(pending)
+            self._drop_all()  # their answers must never be taken for this file's
             worker = self._ready_worker()
             try:
                 reply = worker.read(filename, content_type, data)
@@ -125,18 +130,21 @@ class SandboxedReader:
 
         meta = _message_meta(limits, forms)
         with self._lock:
-            pending, self._pending = self._pending, None
-            if pending is not None and not pending.matches(raw, meta):
-                self._drop(pending)
+            pending = self._pending[0] if self._pending else None
+            if pending is not None and pending.matches(raw, meta):
+                self._pending.popleft()
+            else:  # not what was sent ahead: the plan changed, ask afresh
+                self._drop_all()
                 pending = None
             # SandboxError (no worker can start) goes to the caller: the message is not to blame.
             worker = pending.worker if pending is not None else self._ready_worker()
             try:
                 if pending is not None:
-                    reply = worker.receive(pending.deadline, what="message")
+                    reply = worker.receive(pending.deadline(self._answered_at), what="message")
                     self.prefetched += 1
                 else:
                     reply = worker.request(meta, raw, what="message")
+                self._answered_at = time.monotonic()
             except Exception as exc:
                 self._retire(kill=True)
                 reason = (
@@ -166,39 +174,56 @@ class SandboxedReader:
                 self._retire()  # it met a file it could not read: its heap may be damaged
             return extraction
 
-    def prefetch(self, raw: bytes, limits: LimitsSettings, *, forms: bool) -> None:
-        """Send the worker the next message now, so it parses while the caller finishes the
-        one before; `read_message` with the same bytes and arguments then collects the answer
-        (anything else first drops it). The wall-clock budget runs from here. Never raises:
-        should sending fail, `read_message` does it all again and reports what goes wrong."""
+    def prefetch(self, raw: bytes, limits: LimitsSettings, *, forms: bool) -> bool:
+        """Send the worker a coming message now, so it parses while the caller finishes the
+        ones before; `read_message` with the same bytes and arguments, in the same order, then
+        collects the answer (anything else first drops every answer sent ahead). Up to `_AHEAD`
+        requests wait at once, and no more bytes than the pipe holds, so sending never waits for
+        the worker. A request's wall-clock budget runs from when the worker can start on it.
+        Returns whether it was sent. Never raises: should sending fail, `read_message` does it
+        all again and reports what goes wrong."""
         meta = _message_meta(limits, forms)
         with self._lock:
-            if self._pending is not None:
-                return  # one request in flight at a time
+            if self._pending:
+                worker = self._pending[-1].worker
+                waiting = sum(len(p.raw) for p in self._pending) + len(raw)
+                if (
+                    len(self._pending) >= _AHEAD
+                    or worker.files >= self.max_files_per_worker  # the next goes to its successor
+                    or waiting > worker.pipe_bytes // 2
+                ):
+                    return False
             try:
-                worker = self._ready_worker()
-                deadline = worker.send(meta, raw)
+                if not self._pending:
+                    worker = self._ready_worker()
+                sent_at = time.monotonic()
+                worker.send(meta, raw)
             except Exception as exc:  # SandboxError, a broken pipe: read_message will say
                 log.info("sandbox_prefetch_failed", error=type(exc).__name__)
                 self._retire(kill=True)
-                return
-            self._pending = _Prefetched(raw, meta, worker, deadline)
+                return False
+            self._pending.append(_Prefetched(raw, meta, worker, sent_at))
+            return True
 
-    def _drop(self, pending: _Prefetched) -> None:
-        """Collect and forget an answer nobody asked for (or retire the worker trying)."""
-        try:
-            reply = pending.worker.receive(pending.deadline, what="message")
-        except Exception:  # a breach or a crash: the worker is gone or going
-            self._retire(kill=True)
-            return
-        if reply.get("status") != "message" or reply.get("unreadable"):
-            self._retire()  # as after any answer about a file it could not read
+    def _drop_all(self) -> None:
+        """Collect and forget the answers sent ahead that nobody asked for (or retire the
+        worker trying)."""
+        while self._pending:
+            pending = self._pending.popleft()
+            try:
+                reply = pending.worker.receive(pending.deadline(self._answered_at), what="message")
+            except Exception:  # a breach or a crash: the worker is gone or going
+                self._retire(kill=True)
+                return
+            self._answered_at = time.monotonic()
+            if reply.get("status") != "message" or reply.get("unreadable"):
+                self._retire()  # as after any answer about a file it could not read
+                return
 
     def _retire(self, *, kill: bool = False) -> None:
         """Take the current worker out of service (ended, or killed after a breach)."""
         worker, self._worker = self._worker, None
-        if self._pending is not None and self._pending.worker is worker:
-            self._pending = None
+        self._pending = deque(p for p in self._pending if p.worker is not worker)
         if worker is not None and kill:
             worker.kill()
         elif worker is not None:
@@ -252,7 +277,7 @@ class SandboxedReader:
 
     def close(self) -> None:
         with self._lock:
-            self._pending = None  # its worker is stopped below, answer unread
+            self._pending.clear()  # their worker is stopped below, answers unread
             self._retire()
             successor, self._successor = self._successor, None
             if successor is not None:
@@ -275,10 +300,16 @@ class _Prefetched:
     raw: bytes
     meta: dict[str, Any]
     worker: _Worker
-    deadline: float
+    sent_at: float
 
     def matches(self, raw: bytes, meta: dict[str, Any]) -> bool:
         return raw is self.raw and meta == self.meta
+
+    def deadline(self, answered_before: float) -> float:
+        """The wall-clock limit runs from when the worker could start on it: once sent, and
+        once the answer before it was read (a little later than the worker wrote it, so the
+        budget errs towards the message, never against it)."""
+        return max(self.sent_at, answered_before) + self.worker.limits.parse_timeout_seconds
 
 
 def _to_form(reply: dict[str, Any], filename: str) -> ExtractedForm | None:
@@ -379,6 +410,9 @@ class _Worker:
         for fd in (self._in, self._out):
             with contextlib.suppress(OSError, AttributeError):  # elsewhere: the default size
                 fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+        self.pipe_bytes = 1 << 16  # POSIX promises less; Linux gives at least this
+        with contextlib.suppress(OSError, AttributeError):
+            self.pipe_bytes = fcntl.fcntl(self._in, fcntl.F_GETPIPE_SZ)
         self._finalizer = weakref.finalize(self, _reap, self.proc)
         self._starting_until: float | None = time.monotonic() + _STARTUP_SECONDS
 

@@ -331,6 +331,57 @@ def test_a_prefetched_message_that_breaks_a_limit_is_unreadable(
         reader.close()
 
 
+def test_up_to_three_messages_wait_in_the_sandbox_and_are_answered_in_order(
+    sandbox: SandboxedReader, forms: dict[str, bytes]
+) -> None:
+    raws = [
+        referral_email(subject=f"CME referral {i}", attachments=[(name, forms[fmt])])
+        for i, (name, fmt) in enumerate(
+            [("a.pdf", "pdf"), ("b.docx", "docx"), ("c.pdf", "pdf"), ("d.docx", "docx")]
+        )
+    ]
+    before = sandbox.prefetched
+    assert [sandbox.prefetch(r, LIMITS, forms=True) for r in raws] == [True, True, True, False]
+    for raw in raws:
+        got = sandbox.read_message(raw, LIMITS, forms=True)
+        assert got == extract_forms(parse_message(raw).attachments, read_form, LIMITS)
+    assert sandbox.prefetched == before + 3  # the fourth was asked directly
+
+
+def test_a_message_asked_out_of_turn_drops_every_answer_sent_ahead(
+    sandbox: SandboxedReader, forms: dict[str, bytes]
+) -> None:
+    first, second, third = (
+        referral_email(subject=f"CME referral {i}", attachments=[("r.pdf", forms["pdf"])])
+        for i in range(3)
+    )
+    assert sandbox.prefetch(first, LIMITS, forms=True)
+    assert sandbox.prefetch(second, LIMITS, forms=True)
+    before = sandbox.prefetched
+    got = sandbox.read_message(third, LIMITS, forms=False)  # not what was sent ahead
+    assert got.forms == [] and got.unreadable == []
+    got = sandbox.read_message(first, LIMITS, forms=True)  # its answer was dropped: asked again
+    assert [f.format for f in got.forms] == ["pdf"]
+    assert sandbox.prefetched == before
+
+
+def test_no_more_is_sent_ahead_than_the_pipe_holds(
+    sandbox: SandboxedReader, forms: dict[str, bytes]
+) -> None:
+    small = referral_email(attachments=[("r.pdf", forms["pdf"])])
+    sandbox.prefetch(small, LIMITS, forms=True)
+    worker = sandbox._worker
+    assert worker is not None
+    big = referral_email(
+        attachments=[("r.pdf", forms["pdf"]), ("photo.jpg", b"\xff" * worker.pipe_bytes)]
+    )
+    # Behind another request it could fill the pipe and keep the poller waiting on the worker.
+    assert not sandbox.prefetch(big, LIMITS, forms=True)
+    assert [f.format for f in sandbox.read_message(small, LIMITS, forms=True).forms] == ["pdf"]
+    assert sandbox.prefetch(big, LIMITS, forms=True)  # alone, it is read as it is written
+    assert [f.format for f in sandbox.read_message(big, LIMITS, forms=True).forms] == ["pdf"]
+
+
 def test_a_file_read_after_a_prefetch_gets_its_own_answer(
     sandbox: SandboxedReader, forms: dict[str, bytes]
 ) -> None:
@@ -362,8 +413,8 @@ def test_a_drain_lets_the_sandbox_start_on_the_next_message(
                       for i in range(4)))  # fmt: skip
         summary = bot.poll()
         assert summary.done == 4 and len(bot.sent_to()) == 4
-        # Each message but the first was sent to the sandbox while the one before was decided.
-        assert reader.prefetched == 3 and reader.workers_started == 1
+        # Each message was sent to the sandbox ahead of its turn, up to three at once.
+        assert reader.prefetched == 4 and reader.workers_started == 1
     finally:
         reader.close()
         bot.engine.dispose()
