@@ -193,6 +193,7 @@ class SandboxedReader:
                     or waiting > worker.pipe_bytes // 2
                 ):
                     return False
+                self._start_successor_if_due(worker)
             try:
                 if not self._pending:
                     worker = self._ready_worker()
@@ -243,20 +244,22 @@ class SandboxedReader:
         if worker is None or not worker.alive() or worker.files >= self.max_files_per_worker:
             self._retire()
             worker = self._worker = self._take_successor() or self._start_worker()
-        elif (
-            self._successor is None
-            and worker.files >= self.max_files_per_worker - self.max_files_per_worker // 20
-        ):
-            # A worker costs half a second to start: its successor loads its readers on the
-            # other core while this one serves its last twentieth, and takes over at once.
-            with contextlib.suppress(SandboxError):  # then it starts when it is needed
-                self._successor = self._start_worker()
+        else:
+            self._start_successor_if_due(worker)
         try:
             worker.wait_ready()
         except SandboxError:
             self._worker = None  # killed: the next read starts another
             raise
         return worker
+
+    def _start_successor_if_due(self, worker: _Worker) -> None:
+        """A worker costs half a second to start: its successor loads its readers on the other
+        core while this one serves its last twentieth, and takes over at once."""
+        last_twentieth = self.max_files_per_worker - self.max_files_per_worker // 20
+        if self._successor is None and worker.files >= last_twentieth:
+            with contextlib.suppress(SandboxError):  # then it starts when it is needed
+                self._successor = self._start_worker()
 
     def _take_successor(self) -> _Worker | None:
         """The worker started ahead, if it is still there to take over (it has read nothing)."""

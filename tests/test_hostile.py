@@ -348,6 +348,28 @@ def test_up_to_three_messages_wait_in_the_sandbox_and_are_answered_in_order(
     assert sandbox.prefetched == before + 3  # the fourth was asked directly
 
 
+def test_with_answers_always_waiting_the_next_worker_still_starts_ahead(
+    forms: dict[str, bytes],
+) -> None:
+    reader = SandboxedReader(LIMITS, max_files_per_worker=40)  # its last twentieth: 2 files
+    raws = [
+        referral_email(subject=f"CME referral {i}", attachments=[("r.pdf", forms["pdf"])])
+        for i in range(45)
+    ]
+    try:
+        assert reader.prefetch(raws[0], LIMITS, forms=True)
+        for i, raw in enumerate(raws):
+            if i + 1 < len(raws):
+                reader.prefetch(raws[i + 1], LIMITS, forms=True)  # refused at the quota
+            got = reader.read_message(raw, LIMITS, forms=True)
+            assert [f.format for f in got.forms] == ["pdf"]
+            if i == 38:  # the first worker serves its last files; the next is loading
+                assert reader._successor is not None and reader.workers_started == 2
+        assert reader.workers_started == 2  # the one started ahead took over
+    finally:
+        reader.close()
+
+
 def test_a_message_asked_out_of_turn_drops_every_answer_sent_ahead(
     sandbox: SandboxedReader, forms: dict[str, bytes]
 ) -> None:
