@@ -314,6 +314,8 @@ class Pipeline:
         # The messages of the claim group (claimed by us) not yet sent ahead to the sandbox, in
         # order, each with whether its forms are to be read (worked out once).
         self._upcoming: deque[tuple[MailboxMessage, bool | None]] = deque()
+        # Header blocks parsed when their message was sent ahead, for `_stages` (by identity).
+        self._headers_seen: dict[int, tuple[bytes, ParsedMessage]] = {}
         # Within one claim group, whose schools each sender is approved for, for at most
         # _APPROVED_FOR seconds: the prefetch and the stages both ask, and a backlog tends to
         # come from few senders. A change to the list takes effect within those seconds.
@@ -426,6 +428,7 @@ class Pipeline:
                         self._give_back([c for c in claims[begun:] if _fresh(c)])
                         self._approved = None
                         self._upcoming.clear()
+                        self._headers_seen.clear()
                     if self.stop_requested.is_set():
                         break
             finally:  # decided ones are filed and answered whatever stopped the loop
@@ -885,7 +888,7 @@ class Pipeline:
         whole = cast(MessageReader, reader) if hasattr(reader, "read_message") else None
         try:
             parsed: ParsedMessage = self._stage(
-                "parse", lambda: parse_headers(raw) if whole else parse_message(raw)
+                "parse", lambda: self._headers_of(raw) if whole else parse_message(raw)
             )
         except StageError as exc:
             if isinstance(exc.__cause__, ParseError):
@@ -951,7 +954,9 @@ class Pipeline:
             mm, wanted = self._upcoming[0]
             if wanted is None and mm.raw is not None:
                 try:
-                    wanted = self._genuine_and_approved(parse_headers(mm.raw))
+                    parsed = parse_headers(mm.raw)
+                    self._headers_seen[id(mm.raw)] = (mm.raw, parsed)
+                    wanted = self._genuine_and_approved(parsed)
                 except Exception:  # its own pass through the stages will say what is wrong
                     wanted = None
                 self._upcoming[0] = (mm, wanted)
@@ -963,6 +968,13 @@ class Pipeline:
             self._upcoming.popleft()
         if in_hand is not None and self._upcoming and self._upcoming[0][0] is in_hand:
             self._upcoming.popleft()
+
+    def _headers_of(self, raw: bytes) -> ParsedMessage:
+        """The header facts of `raw`: as parsed when it was sent ahead, or parsed now."""
+        seen = self._headers_seen.pop(id(raw), None)
+        if seen is not None and seen[0] is raw:
+            return seen[1]
+        return parse_headers(raw)
 
     def _genuine_and_approved(self, parsed: ParsedMessage) -> bool:
         """Not automatic mail, from a sender shown genuine and on the approved list: the one

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from cme_mailbot import pipeline as pipeline_mod
 from cme_mailbot.config import LimitsSettings
 from cme_mailbot.forms import ExtractedForm, FormUnreadable, read_form
 from cme_mailbot.forms.fill import fill_docx, fill_pdf
 from cme_mailbot.samples import SAMPLE_SENDER, referral_email, referral_values
 from cme_mailbot.sandbox import SandboxedReader, sandboxed_reader
 from cme_mailbot.stages.extract import admit, extract_forms
-from cme_mailbot.stages.parse import Attachment, ParseError, parse_message
+from cme_mailbot.stages.parse import Attachment, ParsedMessage, ParseError, parse_message
+from cme_mailbot.stages.parse import parse_headers as real_parse_headers
 
 from .conftest import Deployment
 from .data import make_hostile as hostile
@@ -425,10 +427,17 @@ def test_closing_with_a_prefetch_in_flight_stops_the_worker(forms: dict[str, byt
 
 
 def test_a_drain_lets_the_sandbox_start_on_the_next_message(
-    tmp_path: Path, forms: dict[str, bytes]
+    tmp_path: Path, forms: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reader = SandboxedReader(LIMITS)
     bot = Bot(tmp_path, reader)
+    parsed: list[bytes] = []
+
+    def parse_headers(raw: bytes) -> ParsedMessage:
+        parsed.append(raw)
+        return real_parse_headers(raw)
+
+    monkeypatch.setattr(pipeline_mod, "parse_headers", parse_headers)
     try:
         bot.deliver(*(referral_email(subject=f"CME referral {i}",
                                      attachments=[("referral.pdf", forms["pdf"])])
@@ -437,6 +446,8 @@ def test_a_drain_lets_the_sandbox_start_on_the_next_message(
         assert summary.done == 4 and len(bot.sent_to()) == 4
         # Each message was sent to the sandbox ahead of its turn, up to three at once.
         assert reader.prefetched == 4 and reader.workers_started == 1
+        # Its header block was parsed once, when it was sent ahead; the stages used that.
+        assert len(parsed) == 4 and len(set(parsed)) == 4
     finally:
         reader.close()
         bot.engine.dispose()
