@@ -429,6 +429,9 @@ class Pipeline:
                         self._approved = None
                         self._upcoming.clear()
                         self._headers_seen.clear()
+                        discard = getattr(self.read_form, "discard", None)
+                        if discard is not None:
+                            discard()  # what was sent ahead and never asked for, if anything
                     if self.stop_requested.is_set():
                         break
             finally:  # decided ones are filed and answered whatever stopped the loop

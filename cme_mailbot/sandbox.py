@@ -109,8 +109,10 @@ class SandboxedReader:
             except FormUnreadable:
                 self._retire(kill=True)
                 raise
-            except Exception as exc:  # an I/O failure on our side: the file is not to blame
-                self._retire(kill=True)
+            except BaseException as exc:  # an I/O failure on our side: the file is not to blame
+                self._retire(kill=True)  # never leave an answer in step with the wrong request
+                if not isinstance(exc, Exception):
+                    raise
                 raise FormUnreadable(
                     f"the sandboxed reader failed ({type(exc).__name__})"
                 ) from None
@@ -145,8 +147,10 @@ class SandboxedReader:
                 else:
                     reply = worker.request(meta, raw, what="message")
                 self._answered_at = time.monotonic()
-            except Exception as exc:
-                self._retire(kill=True)
+            except BaseException as exc:
+                self._retire(kill=True)  # never leave an answer in step with the wrong request
+                if not isinstance(exc, Exception):
+                    raise  # Ctrl-C: the worker is gone with the answers it owed
                 reason = (
                     str(exc)
                     if isinstance(exc, FormUnreadable)  # a limit breach, or a crash
@@ -199,12 +203,20 @@ class SandboxedReader:
                     worker = self._ready_worker()
                 sent_at = time.monotonic()
                 worker.send(meta, raw)
-            except Exception as exc:  # SandboxError, a broken pipe: read_message will say
+            except BaseException as exc:  # SandboxError, a broken pipe: read_message will say
+                self._retire(kill=True)  # a request half written must never be read
+                if not isinstance(exc, Exception):
+                    raise
                 log.info("sandbox_prefetch_failed", error=type(exc).__name__)
-                self._retire(kill=True)
                 return False
             self._pending.append(_Prefetched(raw, meta, worker, sent_at))
             return True
+
+    def discard(self) -> None:
+        """Forget every answer sent ahead and not asked for (the caller's plan ended: a stop, an
+        error), so no message's bytes or answer waits here for a later one."""
+        with self._lock:
+            self._drop_all()
 
     def _drop_all(self) -> None:
         """Collect and forget the answers sent ahead that nobody asked for (or retire the
@@ -213,8 +225,10 @@ class SandboxedReader:
             pending = self._pending.popleft()
             try:
                 reply = pending.worker.receive(pending.deadline(self._answered_at), what="message")
-            except Exception:  # a breach or a crash: the worker is gone or going
+            except BaseException as exc:  # a breach or a crash: the worker is gone or going
                 self._retire(kill=True)
+                if not isinstance(exc, Exception):
+                    raise
                 return
             self._answered_at = time.monotonic()
             if reply.get("status") != "message" or reply.get("unreadable"):

@@ -468,3 +468,22 @@ def test_interrupted_while_it_waits_for_the_sending_thread_it_stops_after_the_em
         signal.signal(signal.SIGINT, saved)
     assert sent == [["first"]]  # the one behind it was not sent
     assert not any(t.name == "cme-sending" for t in threading.enumerate())
+
+
+def test_a_stop_mid_group_leaves_nothing_sent_ahead_in_the_sandbox(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reader = SandboxedReader(LimitsSettings(parse_timeout_seconds=20))
+    with tempfile.TemporaryDirectory() as tmp:
+        bot = Bot(Path(tmp), reader)
+        try:
+            bot.deliver(*referrals(5))
+            pipeline = bot.pipeline
+            on_second_decision(monkeypatch, pipeline, after=pipeline.stop_requested.set)
+            summary = bot.poll()
+            assert summary.done == 2
+            # Up to three coming messages were in the sandbox; their answers, and bytes, went.
+            assert reader.prefetched == 2 and not reader._pending
+        finally:
+            reader.close()
+            bot.engine.dispose()

@@ -372,6 +372,44 @@ def test_with_answers_always_waiting_the_next_worker_still_starts_ahead(
         reader.close()
 
 
+def test_an_interrupt_while_an_answer_is_awaited_never_leaves_answers_out_of_step(
+    sandbox: SandboxedReader, forms: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = referral_email(attachments=[("r.pdf", forms["pdf"])])
+    second = referral_email(attachments=[("r.docx", forms["docx"])])
+    assert sandbox.prefetch(first, LIMITS, forms=True)
+    assert sandbox.prefetch(second, LIMITS, forms=True)
+    worker = sandbox._worker
+    assert worker is not None
+
+    def interrupted(*args: object, **kwargs: object) -> dict[str, object]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(worker, "receive", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sandbox.read_message(first, LIMITS, forms=True)
+    # The worker owed two answers: it is gone with them, never asked for the second's.
+    assert sandbox._worker is None and not sandbox._pending and not worker.alive()
+    got = sandbox.read_message(second, LIMITS, forms=True)
+    assert [f.format for f in got.forms] == ["docx"]
+
+
+def test_discarding_forgets_what_was_sent_ahead_and_keeps_the_worker(
+    sandbox: SandboxedReader, forms: dict[str, bytes]
+) -> None:
+    raws = [
+        referral_email(subject=f"CME referral {i}", attachments=[("r.pdf", forms["pdf"])])
+        for i in range(2)
+    ]
+    for raw in raws:
+        assert sandbox.prefetch(raw, LIMITS, forms=True)
+    worker = sandbox._worker
+    sandbox.discard()
+    assert not sandbox._pending and sandbox._worker is worker
+    other = referral_email(attachments=[("r.docx", forms["docx"])])
+    assert [f.format for f in sandbox.read_message(other, LIMITS, forms=True).forms] == ["docx"]
+
+
 def test_a_message_asked_out_of_turn_drops_every_answer_sent_ahead(
     sandbox: SandboxedReader, forms: dict[str, bytes]
 ) -> None:
@@ -448,6 +486,7 @@ def test_a_drain_lets_the_sandbox_start_on_the_next_message(
         assert reader.prefetched == 4 and reader.workers_started == 1
         # Its header block was parsed once, when it was sent ahead; the stages used that.
         assert len(parsed) == 4 and len(set(parsed)) == 4
+        assert not reader._pending  # nothing left waiting for a later pass
     finally:
         reader.close()
         bot.engine.dispose()
