@@ -241,19 +241,23 @@ def test_a_warmed_up_worker_is_the_one_that_reads() -> None:
     assert worker.proc.poll() is not None  # ended, not left behind
 
 
+def read_pdf_forms(reader: SandboxedReader, count: int) -> None:
+    form = fill_pdf(referral_values(dt.date.today()))
+    for _ in range(count):
+        assert reader("referral.pdf", "application/pdf", form) is not None
+
+
 def test_the_next_worker_starts_while_the_last_twentieth_is_read() -> None:
     reader = SandboxedReader(LIMITS, max_files_per_worker=40)  # its last twentieth: 2 files
-    form = fill_pdf(referral_values(dt.date.today()))
     try:
-        for _ in range(38):
-            assert reader("referral.pdf", "application/pdf", form) is not None
+        read_pdf_forms(reader, 38)
         first = reader._worker
         assert first is not None and reader._successor is None and reader.workers_started == 1
-        assert reader("referral.pdf", "application/pdf", form) is not None  # file 39
+        read_pdf_forms(reader, 1)  # file 39
         successor = reader._successor
         assert successor is not None and reader.workers_started == 2
-        assert reader("referral.pdf", "application/pdf", form) is not None  # file 40
-        assert reader("referral.pdf", "application/pdf", form) is not None  # the successor's
+        read_pdf_forms(reader, 1)  # file 40
+        read_pdf_forms(reader, 1)  # the successor's
         assert reader._worker is successor and reader._successor is None
         assert reader.workers_started == 2 and successor.files == 1
         assert first.proc.poll() is not None  # retired
@@ -264,10 +268,8 @@ def test_the_next_worker_starts_while_the_last_twentieth_is_read() -> None:
 
 def test_a_successor_not_yet_needed_ends_with_the_reader() -> None:
     reader = SandboxedReader(LIMITS, max_files_per_worker=20)  # its last twentieth: 1 file
-    form = fill_pdf(referral_values(dt.date.today()))
     try:
-        for _ in range(20):
-            assert reader("referral.pdf", "application/pdf", form) is not None
+        read_pdf_forms(reader, 20)
         successor = reader._successor
         assert successor is not None and successor.files == 0
     finally:
@@ -277,15 +279,13 @@ def test_a_successor_not_yet_needed_ends_with_the_reader() -> None:
 
 def test_a_successor_that_died_is_not_taken() -> None:
     reader = SandboxedReader(LIMITS, max_files_per_worker=20)
-    form = fill_pdf(referral_values(dt.date.today()))
     try:
-        for _ in range(20):
-            assert reader("referral.pdf", "application/pdf", form) is not None
+        read_pdf_forms(reader, 20)
         successor = reader._successor
         assert successor is not None
         successor.proc.kill()
         successor.proc.wait()
-        assert reader("referral.pdf", "application/pdf", form) is not None
+        read_pdf_forms(reader, 1)
         assert reader._worker is not successor and reader.workers_started == 3
     finally:
         reader.close()
