@@ -110,9 +110,7 @@ class SandboxedReader:
                 self._retire(kill=True)
                 raise
             except BaseException as exc:  # an I/O failure on our side: the file is not to blame
-                self._retire(kill=True)  # never leave an answer in step with the wrong request
-                if not isinstance(exc, Exception):
-                    raise
+                self._abandon_worker(exc)
                 raise FormUnreadable(
                     f"the sandboxed reader failed ({type(exc).__name__})"
                 ) from None
@@ -148,9 +146,7 @@ class SandboxedReader:
                     reply = worker.request(meta, raw, what="message")
                 self._answered_at = time.monotonic()
             except BaseException as exc:
-                self._retire(kill=True)  # never leave an answer in step with the wrong request
-                if not isinstance(exc, Exception):
-                    raise  # Ctrl-C: the worker is gone with the answers it owed
+                self._abandon_worker(exc)
                 reason = (
                     str(exc)
                     if isinstance(exc, FormUnreadable)  # a limit breach, or a crash
@@ -204,9 +200,7 @@ class SandboxedReader:
                 sent_at = time.monotonic()
                 worker.send(meta, raw)
             except BaseException as exc:  # SandboxError, a broken pipe: read_message will say
-                self._retire(kill=True)  # a request half written must never be read
-                if not isinstance(exc, Exception):
-                    raise
+                self._abandon_worker(exc)
                 log.info("sandbox_prefetch_failed", error=type(exc).__name__)
                 return False
             self._pending.append(_Prefetched(raw, meta, worker, sent_at))
@@ -226,14 +220,21 @@ class SandboxedReader:
             try:
                 reply = pending.worker.receive(pending.deadline(self._answered_at), what="message")
             except BaseException as exc:  # a breach or a crash: the worker is gone or going
-                self._retire(kill=True)
-                if not isinstance(exc, Exception):
-                    raise
+                self._abandon_worker(exc)
                 return
             self._answered_at = time.monotonic()
             if reply.get("status") != "message" or reply.get("unreadable"):
                 self._retire()  # as after any answer about a file it could not read
                 return
+
+    def _abandon_worker(self, exc: BaseException) -> None:
+        """Kill the worker after a failed exchange with it, with the answers it still owes, so
+        no answer is ever read in step with the wrong request (a request half written, an answer
+        half read). An interrupt (Ctrl-C) goes on up; any other error is the caller's to report.
+        """
+        self._retire(kill=True)
+        if not isinstance(exc, Exception):
+            raise exc
 
     def _retire(self, *, kill: bool = False) -> None:
         """Take the current worker out of service (ended, or killed after a breach)."""
