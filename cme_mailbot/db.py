@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, SQLModel, create_engine
 
 from cme_mailbot import models  # noqa: F401  (registers the tables)
@@ -61,6 +61,11 @@ class WriteLockedConnection(sqlite3.Connection):
         super().__init__(database, *args, **kwargs)
         self._lock_fd: int | None = None
         self._held = False
+        # Whether the next write transaction's commit waits for the disk (`defer_durability`),
+        # and the `synchronous` level the connection has now (set by `make_engine`).
+        self.durable = True
+        self.wal = False
+        self._synchronous_full = True
         name = os.fsdecode(database) if isinstance(database, (str, bytes, os.PathLike)) else ""
         if name and name != ":memory:" and not name.startswith("file:"):
             with contextlib.suppress(OSError):  # not ours to create: SQLite's lock alone
@@ -82,7 +87,11 @@ class WriteLockedConnection(sqlite3.Connection):
         raise sqlite3.NotSupportedError("executescript bypasses the write lock")
 
     def before_statement(self, sql: str) -> None:
-        if self._lock_fd is None or self._held or self.in_transaction or not _WRITE.match(sql):
+        if self._held or self.in_transaction or not _WRITE.match(sql):
+            return
+        # A write transaction is about to begin: the one moment SQLite lets `synchronous` change.
+        self._set_synchronous(full=self.durable or not self.wal)
+        if self._lock_fd is None:
             return
         deadline, pause = time.monotonic() + LOCK_WAIT_SECONDS, 0.0001
         while True:
@@ -96,10 +105,20 @@ class WriteLockedConnection(sqlite3.Connection):
                 pause = min(pause * 2, 0.001)
         self._held = True
 
+    def _set_synchronous(self, *, full: bool) -> None:
+        if full != self._synchronous_full:
+            level = "FULL" if full else "NORMAL"
+            sqlite3.Connection.cursor(self, sqlite3.Cursor).execute(f"PRAGMA synchronous={level}")
+            self._synchronous_full = full
+
     def let_go_if_done(self) -> None:
         """Let the lock go once no write transaction is open: after a commit or a rollback, a
-        write that committed by itself (autocommit), or one that failed before it began."""
-        if self._held and not self.in_transaction and self._lock_fd is not None:
+        write that committed by itself (autocommit), or one that failed before it began. The
+        next write transaction waits for the disk again unless told otherwise."""
+        if self.in_transaction:
+            return
+        self.durable = True
+        if self._held and self._lock_fd is not None:
             self._held = False
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
@@ -152,12 +171,33 @@ def make_engine(url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            mode = cur.execute("PRAGMA journal_mode=WAL").fetchone()
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
+            # Every commit waits until it is on the disk, unless `defer_durability` says a later
+            # one will take it there: a decision must survive a power cut once a message moves.
+            cur.execute("PRAGMA synchronous=FULL")
             cur.close()
+            if isinstance(dbapi_conn, WriteLockedConnection):
+                dbapi_conn.wal = bool(mode) and str(mode[0]).lower() == "wal"
 
     return engine
+
+
+def defer_durability(conn: Connection) -> None:
+    """Let the transaction `conn` is about to begin (or, on PostgreSQL, is in) commit without
+    waiting for the disk. A power cut may then lose it, whole, never half of it, until a later
+    transaction commits durably: with SQLite in WAL mode (`synchronous=NORMAL` for this one) or
+    PostgreSQL (`synchronous_commit` off for this one), that commit takes every earlier one to
+    the disk with it. The caller makes such a commit before anything outside the database (a
+    message moved, an email sent) depends on this one. Elsewhere (SQLite not in WAL mode) the
+    commit waits as usual."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+        return
+    raw = conn.connection.dbapi_connection
+    if isinstance(raw, WriteLockedConnection) and not raw.in_transaction:
+        raw.durable = False
 
 
 def create_all(engine: Engine) -> None:

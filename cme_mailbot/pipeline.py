@@ -38,7 +38,7 @@ from sqlmodel import Session, col, select
 from cme_mailbot import forms as forms_pkg
 from cme_mailbot.config import Settings
 from cme_mailbot.contacts import schools_of
-from cme_mailbot.db import session_scope
+from cme_mailbot.db import defer_durability, session_scope
 from cme_mailbot.mailbox import Mailbox, MailboxAuthError, MailboxError, MailboxMessage
 from cme_mailbot.models import (
     InboundMessage,
@@ -177,6 +177,15 @@ _MARK_DECIDED = (
         subject=bindparam("b_subject"),
         lease_until=bindparam("lease"),
     )
+)
+# Before a batch is filed: its claims renewed, in a transaction that waits for the disk.
+_HOLD_FOR_FILING = (
+    update(_IN)
+    .where(_IN.c.id.in_(bindparam("ids", expanding=True)))
+    .where(_IN.c.state == MessageState.DECIDED)
+    .where(_IN.c.claimed_by == bindparam("instance"))
+    .values(lease_until=bindparam("lease"))
+    .returning(_IN.c.id)
 )
 _RECORD_DELIVERY = (
     update(_OUT)
@@ -323,6 +332,9 @@ class Pipeline:
         self._approved_until = 0.0
         # During a pass, the thread that sends decided messages' replies (`_finish`).
         self._sending: _SendingThread | None = None
+        # During a pass, decisions commit without waiting for the disk; `_finish` makes them
+        # durable, all at once, before it moves a message or sends a reply.
+        self._defer_decisions = False
 
     # ---- one pass ------------------------------------------------------------------------
 
@@ -388,6 +400,7 @@ class Pipeline:
         # Well inside the lease that keeps other instances off decided messages and their replies.
         max_age = self.settings.poller.lease_seconds / 4
         self._sending = _SendingThread(self._send_decided) if self._threads_share_db else None
+        self._defer_decisions = True
         try:
             try:
                 for group in _groups(messages, self.settings.poller.file_batch, _GROUP_BYTES):
@@ -435,6 +448,7 @@ class Pipeline:
                     if self.stop_requested.is_set():
                         break
             finally:  # decided ones are filed and answered whatever stopped the loop
+                self._defer_decisions = False
                 if batch:
                     done, batch = batch, []
                     self._finish(done)
@@ -592,6 +606,7 @@ class Pipeline:
         Each delivery is recorded as soon as it is made, so a crash re-sends at most one email."""
         if self._sending is not None and self._sending.error is not None:
             return  # the replies stopped going out: these stay decided, for the next pass
+        batch = self._hold_for_filing(batch)
         by_folder: dict[str, list[_Decided]] = {}
         for d in batch:
             by_folder.setdefault(d.folder, []).append(d)
@@ -610,6 +625,29 @@ class Pipeline:
         # replies still waiting to go.
         self._record([], filed=filed)
         self._sending.put(batch)
+
+    def _hold_for_filing(self, batch: list[_Decided]) -> list[_Decided]:
+        """Those of `batch` still ours, their claims renewed in a transaction that waits for the
+        disk. It takes every decision before it to the disk too (a pass's decisions do not wait
+        for it, `defer_durability`), so no message is moved and no reply sent on a decision a
+        power cut could still undo. A message whose claim has run out and been taken over is
+        left to the instance holding it (two MOVEs of one UID can leave two copies)."""
+        if not batch:
+            return batch
+        with self.engine.begin() as conn:
+            held = set(
+                conn.execute(
+                    _HOLD_FOR_FILING,
+                    {
+                        "ids": [d.row_id for d in batch],
+                        "instance": self.instance,
+                        "lease": self.clock() + self._lease,
+                    },
+                ).scalars()
+            )
+        if len(held) < len(batch):
+            log.warning("claim_lost", count=len(batch) - len(held))
+        return [d for d in batch if d.row_id in held]
 
     def _send_decided(
         self,
@@ -1050,6 +1088,8 @@ class Pipeline:
         now = self.clock()
         queued: list[OutboundEmail] = []
         with session_scope(self.engine) as s:
+            if self._defer_decisions:
+                defer_durability(s.connection())  # made durable by `_finish`, before filing
             moved = s.connection().execute(
                 _MARK_DECIDED,
                 {

@@ -21,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, func, select
 
 from cme_mailbot.config import LimitsSettings
+from cme_mailbot.db import WriteLockedConnection
 from cme_mailbot.forms import read_form
 from cme_mailbot.forms.fill import fill_pdf
 from cme_mailbot.mailbox import MailboxError
@@ -487,3 +488,78 @@ def test_a_stop_mid_group_leaves_nothing_sent_ahead_in_the_sandbox(
         finally:
             reader.close()
             bot.engine.dispose()
+
+
+# ---- a pass's decisions reach the disk together, before anything leaves -------------------------
+
+
+def test_decisions_wait_for_the_disk_together_before_a_message_moves(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass commits each decision without waiting for the disk; before a batch is moved or
+    answered, one transaction that does wait takes them all there (SQLite, WAL: synchronous
+    NORMAL, then FULL; one fsync per batch instead of one per message)."""
+    events: list[tuple[str, bool]] = []
+    real_commit = WriteLockedConnection.commit
+
+    def commit(self: WriteLockedConnection) -> None:
+        wrote = self.in_transaction
+        real_commit(self)
+        if wrote:
+            events.append(("commit", self._synchronous_full))
+
+    monkeypatch.setattr(WriteLockedConnection, "commit", commit)
+    real_file_many, real_send = bot.mailbox.file_many, bot.outbox.send
+
+    def file_many(locations: Any, folder: str) -> None:
+        events.append(("move", True))
+        real_file_many(locations, folder)
+
+    def send(raw: bytes, sender: str, recipients: Any) -> list[str]:
+        events.append(("send", True))
+        return real_send(raw, sender, recipients)
+
+    monkeypatch.setattr(bot.mailbox, "file_many", file_many)
+    monkeypatch.setattr(bot.outbox, "send", send)
+    bot.deliver(*referrals(3))
+    summary = bot.poll()
+    assert summary.done == 3 and len(bot.sent_to()) == 3
+    deferred = [i for i, (kind, full) in enumerate(events) if kind == "commit" and not full]
+    assert len(deferred) == 3  # the three decisions
+    for i, (kind, _) in enumerate(events):
+        if kind in ("move", "send"):
+            before = [e for e in events[:i] if e[0] == "commit"]
+            assert before and before[-1] == ("commit", True), events
+    # After a deferred commit, the connection goes back to waiting for the disk.
+    with bot.engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert isinstance(raw, WriteLockedConnection) and raw.durable
+        level = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+        assert level == 2  # FULL, as every connection starts
+
+
+def test_a_decided_message_whose_claim_was_taken_over_is_left_to_its_new_holder(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bot.deliver(*referrals(2))
+    pipeline = bot.pipeline
+    real = pipeline._finish
+
+    def late(batch: list[Any]) -> None:
+        # The first message's claim ran out and another instance holds it now.
+        with Session(bot.engine) as s:
+            s.execute(
+                update(InboundMessage)
+                .where(col(InboundMessage.id) == batch[0].row_id)
+                .values(claimed_by="another:1:abc")
+            )
+            s.commit()
+        real(batch)
+
+    monkeypatch.setattr(pipeline, "_finish", late)
+    summary = bot.poll()
+    assert summary.done == 2
+    assert len(bot.sent_to()) == 1  # only the one still ours was answered...
+    assert len(bot.inbox()) == 1  # ...and moved; the other is its new holder's to file
+    states = sorted(m["state"] for m in bot.messages())
+    assert states == [MessageState.DECIDED.value, MessageState.FILED.value]
