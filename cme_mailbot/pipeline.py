@@ -203,6 +203,9 @@ _RECORD_DELIVERY = (
 
 
 _APPROVED_FOR = 5.0  # seconds a sender's approved schools are remembered within a claim group
+# With this many messages of a group left, the next group is fetched and claimed: the sandbox
+# (which takes up to three requests ahead) starts on it while these are decided and filed.
+_LOOK_AHEAD = 6
 
 
 class _Later:
@@ -401,19 +404,30 @@ class Pipeline:
         max_age = self.settings.poller.lease_seconds / 4
         self._sending = _SendingThread(self._send_decided) if self._threads_share_db else None
         self._defer_decisions = True
+        groups = _groups(messages, self.settings.poller.file_batch, _GROUP_BYTES)
         try:
             try:
-                for group in _groups(messages, self.settings.poller.file_batch, _GROUP_BYTES):
-                    claims = self._claim_many(group)  # one transaction for the group
+                current = self._claim_group(groups)
+                while current is not None:
+                    group, claims = current
+                    current = None
+                    # The next group, claimed while this one's last messages are decided, so the
+                    # sandbox has them to start on while this group is filed and answered.
+                    ahead: tuple[list[MailboxMessage], list[_Claim]] | None = None
+                    ahead_error: Exception | None = None
+                    looked_ahead = False
                     begun = 0  # how many of the group have been started
                     self._approved, self._approved_until = {}, time.monotonic() + _APPROVED_FOR
-                    self._upcoming = deque(
-                        (mm, None) for mm, c in zip(group, claims, strict=True) if _fresh(c)
-                    )
                     try:
                         for k, (mm, claim) in enumerate(zip(group, claims, strict=True)):
                             if self.stop_requested.is_set():
                                 break
+                            if not looked_ahead and len(group) - k <= _LOOK_AHEAD:
+                                looked_ahead = True
+                                try:
+                                    ahead = self._claim_group(groups)
+                                except Exception as exc:  # reported once this group is done
+                                    ahead_error = exc
                             begun = k + 1
                             summary.new += 1
                             decided = self._decide(
@@ -435,18 +449,19 @@ class Pipeline:
                                 error = self._sending.error if self._sending else None
                                 if error is not None:
                                     raise error  # the replies stopped going out
+                        if not self.stop_requested.is_set():
+                            current, ahead = ahead, None
                     finally:
-                        # Claims of the group not started (a stop, or an error escaping the one
-                        # before) go back at once rather than waiting out their lease.
-                        self._give_back([c for c in claims[begun:] if _fresh(c)])
+                        # Claims not started (a stop, or an error escaping the message before),
+                        # this group's and the next's, go back at once rather than waiting out
+                        # their lease.
+                        unstarted = claims[begun:] + (ahead[1] if ahead is not None else [])
+                        self._give_back([c for c in unstarted if _fresh(c)])
                         self._approved = None
-                        self._upcoming.clear()
-                        self._headers_seen.clear()
-                        discard = getattr(self.read_form, "discard", None)
-                        if discard is not None:
-                            discard()  # what was sent ahead and never asked for, if anything
-                    if self.stop_requested.is_set():
-                        break
+                        if current is None:  # the pass ends here
+                            self._end_group_plan()
+                    if ahead_error is not None:
+                        raise ahead_error
             finally:  # decided ones are filed and answered whatever stopped the loop
                 self._defer_decisions = False
                 if batch:
@@ -456,6 +471,27 @@ class Pipeline:
             self._end_sending(exc)
             raise
         self._end_sending(None)
+
+    def _claim_group(
+        self, groups: Iterator[list[MailboxMessage]]
+    ) -> tuple[list[MailboxMessage], list[_Claim]] | None:
+        """Fetch the next group and claim it (one transaction); its new messages join the queue
+        of those to send ahead to the sandbox. None when the mailbox has no more."""
+        group = next(groups, None)
+        if group is None:
+            return None
+        claims = self._claim_many(group)
+        self._upcoming.extend((mm, None) for mm, c in zip(group, claims, strict=True) if _fresh(c))
+        return group, claims
+
+    def _end_group_plan(self) -> None:
+        """The pass's plan ends (the last group done, a stop, an error): nothing sent ahead or
+        queued to be stays behind for a later message."""
+        self._upcoming.clear()
+        self._headers_seen.clear()
+        discard = getattr(self.read_form, "discard", None)
+        if discard is not None:
+            discard()  # what was sent ahead and never asked for, if anything
 
     def _end_sending(self, propagating: BaseException | None) -> None:
         """Wait until the sending thread has sent every reply handed to it. What stopped it is

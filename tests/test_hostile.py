@@ -15,7 +15,7 @@ from cme_mailbot.config import LimitsSettings
 from cme_mailbot.forms import ExtractedForm, FormUnreadable, read_form
 from cme_mailbot.forms.fill import fill_docx, fill_pdf
 from cme_mailbot.samples import SAMPLE_SENDER, referral_email, referral_values
-from cme_mailbot.sandbox import SandboxedReader, sandboxed_reader
+from cme_mailbot.sandbox import _AHEAD, SandboxedReader, sandboxed_reader
 from cme_mailbot.stages.extract import admit, extract_forms
 from cme_mailbot.stages.parse import Attachment, ParsedMessage, ParseError, parse_message
 from cme_mailbot.stages.parse import parse_headers as real_parse_headers
@@ -333,21 +333,21 @@ def test_a_prefetched_message_that_breaks_a_limit_is_unreadable(
         reader.close()
 
 
-def test_up_to_three_messages_wait_in_the_sandbox_and_are_answered_in_order(
+def test_up_to_six_messages_wait_in_the_sandbox_and_are_answered_in_order(
     sandbox: SandboxedReader, forms: dict[str, bytes]
 ) -> None:
+    kinds = [("a.pdf", "pdf"), ("b.docx", "docx")] * 4
     raws = [
         referral_email(subject=f"CME referral {i}", attachments=[(name, forms[fmt])])
-        for i, (name, fmt) in enumerate(
-            [("a.pdf", "pdf"), ("b.docx", "docx"), ("c.pdf", "pdf"), ("d.docx", "docx")]
-        )
+        for i, (name, fmt) in enumerate(kinds[: _AHEAD + 1])
     ]
     before = sandbox.prefetched
-    assert [sandbox.prefetch(r, LIMITS, forms=True) for r in raws] == [True, True, True, False]
+    sent = [sandbox.prefetch(r, LIMITS, forms=True) for r in raws]
+    assert sent == [True] * _AHEAD + [False]
     for raw in raws:
         got = sandbox.read_message(raw, LIMITS, forms=True)
         assert got == extract_forms(parse_message(raw).attachments, read_form, LIMITS)
-    assert sandbox.prefetched == before + 3  # the fourth was asked directly
+    assert sandbox.prefetched == before + _AHEAD  # the last was asked directly
 
 
 def test_with_answers_always_waiting_the_next_worker_still_starts_ahead(
@@ -482,7 +482,7 @@ def test_a_drain_lets_the_sandbox_start_on_the_next_message(
                       for i in range(4)))  # fmt: skip
         summary = bot.poll()
         assert summary.done == 4 and len(bot.sent_to()) == 4
-        # Each message was sent to the sandbox ahead of its turn, up to three at once.
+        # Each message was sent to the sandbox ahead of its turn, up to six at once.
         assert reader.prefetched == 4 and reader.workers_started == 1
         # Its header block was parsed once, when it was sent ahead; the stages used that.
         assert len(parsed) == 4 and len(set(parsed)) == 4
