@@ -181,7 +181,7 @@ class PollerSettings(_Section):
     # already keeps its sandbox worker busy alongside it: about one per two CPU cores.
     workers: int = Field(default=1, ge=1, le=64)
     parallel_from: int = Field(default=50, ge=2)
-    file_batch: int = Field(default=20, ge=1, le=500)  # decided messages filed with one MOVE
+    file_batch: int = Field(default=50, ge=1, le=500)  # decided messages filed with one MOVE
 
 
 class LimitsSettings(_Section):

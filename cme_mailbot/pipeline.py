@@ -223,7 +223,7 @@ def _fresh(claim: _Claim | None) -> TypeGuard[tuple[int, bool]]:
 
 # A group of messages claimed together holds at most this many bytes (and `file_batch`
 # messages), so a backlog of large messages is never all in memory at once.
-_GROUP_BYTES = 1 << 20
+_GROUP_BYTES = 1 << 21
 
 
 def _groups(

@@ -227,7 +227,7 @@ def test_a_group_is_claimed_in_one_transaction_and_each_answered_once(
 
     monkeypatch.setattr(pipeline, "_claim_many", counted)
     summary = bot.poll()
-    assert groups == [5]  # file_batch (20) holds them all
+    assert groups == [5]  # file_batch (50) holds them all
     assert summary.new == 5 and summary.done == 5
     assert len(bot.sent_to()) == 5 and bot.inbox() == []
     assert [m["outcome"] for m in bot.messages()] == ["processed"] * 5
