@@ -26,6 +26,7 @@ import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from email.message import Message
 from typing import Any, TypeGuard, cast
 
 import structlog
@@ -326,8 +327,10 @@ class Pipeline:
         # The messages of the claim group (claimed by us) not yet sent ahead to the sandbox, in
         # order, each with whether its forms are to be read (worked out once).
         self._upcoming: deque[tuple[MailboxMessage, bool | None]] = deque()
-        # Header blocks parsed when their message was sent ahead, for `_stages` (by identity).
+        # Header blocks parsed when their message was sent ahead, for `_stages` (by identity);
+        # and before that, read when it was claimed, for `_send_ahead`.
         self._headers_seen: dict[int, tuple[bytes, ParsedMessage]] = {}
+        self._headers_read: dict[int, tuple[bytes, Message]] = {}
         # Within one claim group, whose schools each sender is approved for, for at most
         # _APPROVED_FOR seconds: the prefetch and the stages both ask, and a backlog tends to
         # come from few senders. A change to the list takes effect within those seconds.
@@ -480,14 +483,20 @@ class Pipeline:
         group = next(groups, None)
         if group is None:
             return None
-        claims = self._claim_many(group)
-        self._upcoming.extend((mm, None) for mm, c in zip(group, claims, strict=True) if _fresh(c))
+        headers: dict[int, Message] = {}
+        claims = self._claim_many(group, headers)
+        for mm, claim in zip(group, claims, strict=True):
+            if _fresh(claim) and mm.raw is not None:
+                self._upcoming.append((mm, None))
+                if id(mm.raw) in headers:  # read for the ledger: `_send_ahead` needs it too
+                    self._headers_read[id(mm.raw)] = (mm.raw, headers[id(mm.raw)])
         return group, claims
 
     def _end_group_plan(self) -> None:
         """The pass's plan ends (the last group done, a stop, an error): nothing sent ahead or
         queued to be stays behind for a later message."""
         self._upcoming.clear()
+        self._headers_read.clear()
         self._headers_seen.clear()
         discard = getattr(self.read_form, "discard", None)
         if discard is not None:
@@ -725,13 +734,16 @@ class Pipeline:
         assert not isinstance(claim, _Later)  # one message alone is claimed or not, at once
         return claim
 
-    def _claim_many(self, mms: list[MailboxMessage]) -> list[_Claim]:
+    def _claim_many(
+        self, mms: list[MailboxMessage], headers: dict[int, Message] | None = None
+    ) -> list[_Claim]:
         """Claim several messages in one transaction: for each, (ledger id, whether the row is
         new) once this instance holds it, or None. Should any of them be known already (a
         unique key says so), nothing is claimed and each is `_LATER`: to be claimed on its
-        own (`_claim`) when its turn comes."""
+        own (`_claim`) when its turn comes. `headers` receives each message's header block as
+        read for its ledger row (by the identity of its bytes)."""
         now = self.clock()
-        rows = [self._ledger_row(mm, now) for mm in mms]
+        rows = [self._ledger_row(mm, now, headers) for mm in mms]
         try:
             with self.engine.begin() as conn:
                 ids = list(conn.execute(_INSERT_LEDGER, rows).scalars())
@@ -751,7 +763,9 @@ class Pipeline:
             return [None if taken is None else (taken, False)]
         return [(row_id, True) for row_id in ids]
 
-    def _ledger_row(self, mm: MailboxMessage, now: dt.datetime) -> dict[str, Any]:
+    def _ledger_row(
+        self, mm: MailboxMessage, now: dt.datetime, keep: dict[int, Message] | None = None
+    ) -> dict[str, Any]:
         if mm.raw is None:
             sha, message_id, sender = "", None, None
             dedupe = f"oversize:{self.mailbox.account}:{self.mailbox.folder}:{mm.location}"
@@ -759,6 +773,8 @@ class Pipeline:
             sha = _digest(mm.raw)
             try:
                 headers = read_headers(mm.raw)
+                if keep is not None:
+                    keep[id(mm.raw)] = headers
                 message_id = normalise_message_id(headers.get("Message-ID"))
                 sender = first_address(" ".join(str(v) for v in headers.get_all("From", [])))
             except Exception:  # hostile headers: identify the message by its bytes alone
@@ -1031,7 +1047,8 @@ class Pipeline:
             mm, wanted = self._upcoming[0]
             if wanted is None and mm.raw is not None:
                 try:
-                    parsed = parse_headers(mm.raw)
+                    read = self._headers_read.pop(id(mm.raw), None)
+                    parsed = parse_headers(mm.raw, read[1] if read and read[0] is mm.raw else None)
                     self._headers_seen[id(mm.raw)] = (mm.raw, parsed)
                     wanted = self._genuine_and_approved(parsed)
                 except Exception:  # its own pass through the stages will say what is wrong

@@ -221,9 +221,9 @@ def test_a_group_is_claimed_in_one_transaction_and_each_answered_once(
     groups: list[int] = []
     real = pipeline._claim_many
 
-    def counted(mms: list[Any]) -> list[Any]:
+    def counted(mms: list[Any], headers: Any = None) -> list[Any]:
         groups.append(len(mms))
-        return real(mms)
+        return real(mms, headers)
 
     monkeypatch.setattr(pipeline, "_claim_many", counted)
     summary = bot.poll()

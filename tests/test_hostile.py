@@ -470,11 +470,18 @@ def test_a_drain_lets_the_sandbox_start_on_the_next_message(
     reader = SandboxedReader(LIMITS)
     bot = Bot(tmp_path, reader)
     parsed: list[bytes] = []
+    read: list[bytes] = []
+    real_read_headers = pipeline_mod.read_headers
 
-    def parse_headers(raw: bytes) -> ParsedMessage:
+    def read_headers(raw: bytes) -> Any:
+        read.append(raw)
+        return real_read_headers(raw)
+
+    def parse_headers(raw: bytes, headers: Any = None) -> ParsedMessage:
         parsed.append(raw)
-        return real_parse_headers(raw)
+        return real_parse_headers(raw, headers)
 
+    monkeypatch.setattr(pipeline_mod, "read_headers", read_headers)
     monkeypatch.setattr(pipeline_mod, "parse_headers", parse_headers)
     try:
         bot.deliver(*(referral_email(subject=f"CME referral {i}",
@@ -484,7 +491,9 @@ def test_a_drain_lets_the_sandbox_start_on_the_next_message(
         assert summary.done == 4 and len(bot.sent_to()) == 4
         # Each message was sent to the sandbox ahead of its turn, up to six at once.
         assert reader.prefetched == 4 and reader.workers_started == 1
-        # Its header block was parsed once, when it was sent ahead; the stages used that.
+        # Its header block was read once, for its ledger row, and its facts worked out once,
+        # when it was sent ahead; the stages used those.
+        assert len(read) == 4 and len(set(read)) == 4
         assert len(parsed) == 4 and len(set(parsed)) == 4
         assert not reader._pending  # nothing left waiting for a later pass
     finally:

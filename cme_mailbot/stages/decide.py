@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,14 +134,25 @@ def safe_subject(subject: str, forms: Sequence[ExtractedForm], schema: FormSchem
     return text
 
 
+def _places(text: str, token: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of every place `token` occurs in `text`, in any case. Compared lower-cased
+    (a pattern per token would be compiled afresh for every message: each child's name is new),
+    unless lower-casing changes a length (a few letters, such as "İ"): then by a pattern."""
+    low, low_token = text.lower(), token.lower()
+    if len(low) != len(text) or len(low_token) != len(token):
+        for m in re.finditer(re.escape(token), text, flags=re.I):
+            yield m.start(), m.end()
+        return
+    at = low.find(low_token)
+    while at != -1:
+        yield at, at + len(token)
+        at = low.find(low_token, at + 1)
+
+
 def _redact_spans(text: str, tokens: set[str]) -> str:
     """Every place any token occurs (any case), overlapping places merged, each replaced once:
     no fragment of a name is left beside the marker, and no token matches inside the marker."""
-    spans = sorted(
-        (m.start(), m.end())
-        for token in tokens
-        for m in re.finditer(re.escape(token), text, flags=re.I)
-    )
+    spans = sorted(span for token in tokens for span in _places(text, token))
     merged: list[list[int]] = []
     for start, end in spans:
         if merged and start <= merged[-1][1]:

@@ -169,10 +169,11 @@ def parse_message(raw: bytes) -> ParsedMessage:
     return facts
 
 
-def parse_headers(raw: bytes) -> ParsedMessage:
+def parse_headers(raw: bytes, headers: Message | None = None) -> ParsedMessage:
     """The header facts alone (no MIME walk, no attachments): for a message whose body could not
-    be parsed, so that it can still be judged for an acknowledgement."""
-    return _header_facts(read_headers(raw))
+    be parsed, so that it can still be judged for an acknowledgement. `headers`, if given, is
+    `read_headers(raw)` already done."""
+    return _header_facts(headers if headers is not None else read_headers(raw))
 
 
 def _header_facts(headers: Message) -> ParsedMessage:
