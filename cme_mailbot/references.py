@@ -6,7 +6,7 @@ import threading
 import weakref
 
 from sqlalchemy import bindparam, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -42,7 +42,7 @@ _NEXT = (
 )
 
 
-def next_reference(session: Session, year: int) -> str:
+def next_reference(conn: Connection, year: int) -> str:
     """Allocate the next reference inside the caller's transaction (the row lock serialises)."""
-    last = session.connection().execute(_NEXT, {"y": year}).scalar_one()
+    last = conn.execute(_NEXT, {"y": year}).scalar_one()
     return f"CME-{year}-{last:05d}"

@@ -207,10 +207,16 @@ class SandboxedReader:
             self._pending.append(_Prefetched(raw, meta, worker, sent_at))
             return True
 
-    def discard(self) -> None:
+    def discard(self, *, kill: bool = False) -> None:
         """Forget every answer sent ahead and not asked for (the caller's plan ended: a stop, an
-        error), so no message's bytes or answer waits here for a later one."""
+        error), so no message's bytes or answer waits here for a later one. With `kill`, the
+        worker owing them is killed rather than waited for (a stop should not wait for up to
+        `_AHEAD` messages' time budgets); the next read starts another."""
         with self._lock:
+            if kill and self._pending:
+                self._retire(kill=True)
+                self._pending.clear()
+                return
             self._drop_all()
 
     def _drop_all(self) -> None:

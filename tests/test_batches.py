@@ -32,7 +32,7 @@ from cme_mailbot.models import (
     OutboundEmail,
     OutboundState,
 )
-from cme_mailbot.pipeline import ReleaseError, _SendingThread
+from cme_mailbot.pipeline import _LATER, ReleaseError, _SendingThread
 from cme_mailbot.samples import make_upn, referral_email, referral_values
 from cme_mailbot.sandbox import SandboxedReader, SandboxError
 from cme_mailbot.stages.extract import Extraction
@@ -221,9 +221,9 @@ def test_a_group_is_claimed_in_one_transaction_and_each_answered_once(
     groups: list[int] = []
     real = pipeline._claim_many
 
-    def counted(mms: list[Any], headers: Any = None) -> list[Any]:
+    def counted(mms: list[Any], headers: Any = None, **kwargs: Any) -> list[Any]:
         groups.append(len(mms))
-        return real(mms, headers)
+        return real(mms, headers, **kwargs)
 
     monkeypatch.setattr(pipeline, "_claim_many", counted)
     summary = bot.poll()
@@ -423,7 +423,7 @@ def test_the_passs_own_error_is_the_one_reported_when_sending_failed_too(
     asked, failed = threading.Event(), threading.Event()
     real_fetch = bot.mailbox.fetch_new
     pipeline = bot.pipeline
-    real_give_back = pipeline._give_back
+    real_end = pipeline._end_group_plan
 
     def fetch_new(known: Any = frozenset()) -> Iterator[Any]:
         messages = real_fetch(known)
@@ -432,8 +432,8 @@ def test_the_passs_own_error_is_the_one_reported_when_sending_failed_too(
         # that message is filed and handed over.
         raise MailboxError("the connection dropped")
 
-    def give_back(claims: Any) -> None:
-        real_give_back(claims)
+    def end_group_plan(**kwargs: Any) -> None:
+        real_end(**kwargs)
         asked.set()  # the first is decided, filed and handed over; now the sender fails
         assert failed.wait(30)
 
@@ -443,7 +443,7 @@ def test_the_passs_own_error_is_the_one_reported_when_sending_failed_too(
         raise RuntimeError("the transport broke")
 
     monkeypatch.setattr(bot.mailbox, "fetch_new", fetch_new)
-    monkeypatch.setattr(pipeline, "_give_back", give_back)
+    monkeypatch.setattr(pipeline, "_end_group_plan", end_group_plan)
     monkeypatch.setattr(bot.outbox, "send", send)
     summary = bot.poll()  # the mailbox error is caught and recorded as the pass's
     assert summary.errors == ["the connection dropped"]
@@ -571,3 +571,108 @@ def test_a_decided_message_whose_claim_was_taken_over_is_left_to_its_new_holder(
     assert len(bot.inbox()) == 1  # ...and moved; the other is its new holder's to file
     states = sorted(m["state"] for m in bot.messages())
     assert states == [MessageState.DECIDED.value, MessageState.FILED.value]
+
+
+# ---- the next group, claimed while the last messages of this one are decided ----------------
+
+
+def _batches_of(n: int, bot: Bot, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = bot.pipeline.settings
+    poller = s.poller.model_copy(update={"file_batch": n})
+    monkeypatch.setattr(bot.pipeline, "settings", s.model_copy(update={"poller": poller}))
+
+
+def test_a_stop_gives_back_the_claims_of_the_group_claimed_ahead_too(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _batches_of(3, bot, monkeypatch)
+    bot.deliver(*referrals(7))
+    pipeline = bot.pipeline
+    claimed: list[int] = []
+    real = pipeline._claim_many
+
+    def counted(mms: list[Any], headers: Any = None, **kwargs: Any) -> list[Any]:
+        claimed.append(len(mms))
+        return real(mms, headers, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_claim_many", counted)
+    real_decide = on_second_decision(monkeypatch, pipeline, after=pipeline.stop_requested.set)
+    summary = bot.poll()
+    assert summary.done == 2
+    assert claimed == [3, 3]  # the second group was claimed with the first one's first message
+    # The first group's third message and the whole second group went back: not in the ledger.
+    assert [m["state"] for m in bot.messages()] == ["filed", "filed"]
+    assert len(bot.sent_to()) == 2 and len(bot.inbox()) == 5
+    monkeypatch.setattr(pipeline, "_decide", real_decide)
+    pipeline.stop_requested.clear()
+    summary = bot.poll()
+    assert summary.done == 5 and bot.inbox() == [] and len(bot.sent_to()) == 7
+
+
+def test_an_error_fetching_the_next_group_waits_until_this_group_is_filed_and_answered(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _batches_of(2, bot, monkeypatch)
+    bot.deliver(*referrals(4))
+    real_fetch = bot.mailbox.fetch_new
+
+    def fetch_new(known: Any = frozenset()) -> Iterator[Any]:
+        messages = real_fetch(known)
+        yield next(messages)
+        yield next(messages)
+        raise MailboxError("the connection dropped")  # asked for while the first is decided
+
+    monkeypatch.setattr(bot.mailbox, "fetch_new", fetch_new)
+    summary = bot.poll()
+    assert summary.errors == ["the connection dropped"]
+    assert summary.done == 2 and len(bot.sent_to()) == 2 and len(bot.inbox()) == 2
+    assert [m["state"] for m in bot.messages()] == ["filed", "filed"]
+
+
+def _attempts(bot: Bot) -> list[int]:
+    with Session(bot.engine) as s:
+        return list(s.exec(select(InboundMessage.attempts).order_by(col(InboundMessage.id))))
+
+
+def test_a_known_message_claimed_ahead_waits_for_its_turn_even_alone(bot: Bot) -> None:
+    """A group of one claimed ahead never takes over a lapsed claim early: that would spend one
+    of the message's attempts on a turn a stop may never give it."""
+    bot.deliver(*referrals(1))
+    pipeline = bot.pipeline
+    mms = list(pipeline.mailbox.fetch_new(frozenset()))
+    [claim] = pipeline._claim_many(mms)
+    assert isinstance(claim, tuple)
+    with Session(bot.engine) as s:  # its lease has run out
+        s.execute(update(InboundMessage).values(lease_until=LONG_AGO))
+        s.commit()
+    assert pipeline._claim_many(mms, later_if_known=True) == [_LATER]
+    assert _attempts(bot) == [1]  # not taken over, not counted
+    assert pipeline._claim_many(mms) == [(claim[0], False)]  # its turn: taken over
+    assert _attempts(bot) == [2]
+
+
+def test_a_copy_moves_only_once_the_decisions_before_it_are_on_the_disk(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy of a message decided earlier in the pass is filed at once, outside any batch: the
+    decisions committed without waiting for the disk are taken there first."""
+    from cme_mailbot import pipeline as pipeline_mod
+
+    events: list[str] = []
+    real_durable, real_file = pipeline_mod.make_durable, bot.mailbox.file
+
+    def make_durable(engine: Any) -> None:
+        events.append("durable")
+        real_durable(engine)
+
+    def file(location: str, folder: str) -> None:
+        events.append("move")
+        real_file(location, folder)
+
+    monkeypatch.setattr(pipeline_mod, "make_durable", make_durable)
+    monkeypatch.setattr(bot.mailbox, "file", file)
+    [raw] = referrals(1)
+    bot.deliver(raw, raw)  # the same message twice: the second is a copy
+    summary = bot.poll()
+    assert summary.done == 1 and len(bot.sent_to()) == 1 and bot.inbox() == []
+    assert events[:2] == ["durable", "move"]  # the copy, filed where the original goes

@@ -136,6 +136,13 @@ def _form(**fields: str) -> ExtractedForm:
         ("CME referral for Ed", {"child_first_name": "Ed"}, "CME referral for [redacted]"),
         # A one-letter token is too short to take out (it would take letters out of words).
         ("CME referral", {"child_first_name": "E"}, "CME referral"),
+        # Letters whose cases lower-casing does not pair ("ı" and "I") still match, as re.I does.
+        ("CME referral for AYDIN", {"child_first_name": "Aydın", "child_last_name": "Yıldız"},
+         "CME referral for [redacted]"),
+        ("CME referral: aydin yildiz", {"child_first_name": "Aydın", "child_last_name": "Yıldız"},
+         "CME referral: [redacted] [redacted]"),
+        ("cme referral - YILDIZ", {"child_first_name": "Aydın", "child_last_name": "Yıldız"},
+         "cme referral - [redacted]"),
     ],
 )  # fmt: skip
 def test_known_names_are_taken_out_of_the_reply_subject(

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, union_all
-from sqlmodel import Session, select
+from sqlalchemy.engine import Connection
+from sqlmodel import select
 
 from cme_mailbot.config import Settings
 from cme_mailbot.forms import ExtractedForm
@@ -80,7 +81,7 @@ _FIND_OPEN = {
 }
 
 
-def find_open_referral(session: Session, values: Mapping[str, object]) -> str | None:
+def find_open_referral(conn: Connection, values: Mapping[str, object]) -> str | None:
     """Rule 9: an open referral for the same child (same UPN, or same name and date of birth).
 
     Sees referrals written earlier in the caller's transaction (siblings in one email)."""
@@ -98,7 +99,7 @@ def find_open_referral(session: Session, values: Mapping[str, object]) -> str | 
     if by_name:
         assert isinstance(first, str) and isinstance(last, str)
         params.update(first=first.lower(), last=last.lower(), dob=dob)
-    ref = session.connection().execute(_FIND_OPEN[(by_upn, by_name)], params).scalar()
+    ref = conn.execute(_FIND_OPEN[(by_upn, by_name)], params).scalar()
     return None if ref is None else str(ref)
 
 
@@ -135,14 +136,15 @@ def safe_subject(subject: str, forms: Sequence[ExtractedForm], schema: FormSchem
 
 
 def _places(text: str, token: str) -> Iterator[tuple[int, int]]:
-    """(start, end) of every place `token` occurs in `text`, in any case. Compared lower-cased
-    (a pattern per token would be compiled afresh for every message: each child's name is new),
-    unless lower-casing changes a length (a few letters, such as "İ"): then by a pattern."""
-    low, low_token = text.lower(), token.lower()
-    if len(low) != len(text) or len(low_token) != len(token):
+    """(start, end) of every place `token` occurs in `text`, in any case. ASCII text and token
+    are compared lower-cased (a pattern per token would be compiled afresh for every message:
+    each child's name is new); anything else by a case-insensitive pattern, whose matching
+    `str.lower` does not reproduce ("ı" and "I", "ſ" and "s", "ς" and "Σ" match each other)."""
+    if not (text.isascii() and token.isascii()):
         for m in re.finditer(re.escape(token), text, flags=re.I):
             yield m.start(), m.end()
         return
+    low, low_token = text.lower(), token.lower()
     at = low.find(low_token)
     while at != -1:
         yield at, at + len(token)
@@ -231,7 +233,7 @@ def child_display(values: Mapping[str, object], raw: Mapping[str, str]) -> str:
 
 
 def decide_forms(
-    session: Session,
+    conn: Connection,
     *,
     inbound_id: int,
     source_message_id: str | None,
@@ -251,12 +253,11 @@ def decide_forms(
     ctx = ValidationContext(
         today=today,
         sender_urns=sender_urns,
-        find_open_referral=lambda values: find_open_referral(session, values),
+        find_open_referral=lambda values: find_open_referral(conn, values),
         contacts=contacts,
     )
     outcomes: list[FormOutcome] = []
     first_reference: str | None = None
-    conn = session.connection()
     for form in forms:
         result = rulebook.validate(form.fields, ctx)
         if result.failures:
@@ -265,7 +266,7 @@ def decide_forms(
             kind, reference = FormResultKind.DUPLICATE, result.duplicate_of
         else:
             kind = FormResultKind.ACCEPTED
-            reference = next_reference(session, today.year)
+            reference = next_reference(conn, today.year)
             referral = new_row(
                 Referral,
                 **{k: v for k, v in result.values.items() if k in _REFERRAL_FIELDS},
