@@ -333,10 +333,9 @@ class Pipeline:
         # The messages of the claim group (claimed by us) not yet sent ahead to the sandbox, in
         # order, each with whether its forms are to be read (worked out once).
         self._upcoming: deque[tuple[MailboxMessage, bool | None]] = deque()
-        # Header blocks parsed when their message was sent ahead, for `_stages` (by identity);
-        # and before that, read when it was claimed, for `_send_ahead`.
+        # Header facts of the claim group's messages, from the block read for their ledger rows,
+        # for `_send_ahead` and then `_stages` (by the identity of their bytes).
         self._headers_seen: dict[int, tuple[bytes, ParsedMessage]] = {}
-        self._headers_read: dict[int, tuple[bytes, Message]] = {}
         # Within one claim group, whose schools each sender is approved for, for at most
         # _APPROVED_FOR seconds: the prefetch and the stages both ask, and a backlog tends to
         # come from few senders. A change to the list takes effect within those seconds.
@@ -499,8 +498,12 @@ class Pipeline:
         for mm, claim in zip(group, claims, strict=True):
             if _fresh(claim) and mm.raw is not None and prefetch is not None:
                 self._upcoming.append((mm, None))
-                if id(mm.raw) in headers:  # read for the ledger: `_send_ahead` needs it too
-                    self._headers_read[id(mm.raw)] = (mm.raw, headers[id(mm.raw)])
+                block = headers.get(id(mm.raw))  # read for the ledger row
+                # Its facts, for `_send_ahead` and the stages; should working them out fail, the
+                # message's own pass through the stages will say what is wrong.
+                with contextlib.suppress(Exception):
+                    if block is not None:
+                        self._headers_seen[id(mm.raw)] = (mm.raw, parse_headers(mm.raw, block))
         return group, claims
 
     def _end_group_plan(self, *, abandon: bool = False) -> None:
@@ -508,7 +511,6 @@ class Pipeline:
         queued to be stays behind for a later message. On a stop or an error (`abandon`), the
         sandbox worker still owing answers is killed rather than waited for."""
         self._upcoming.clear()
-        self._headers_read.clear()
         self._headers_seen.clear()
         discard = getattr(self.read_form, "discard", None)
         if discard is not None:
@@ -1067,8 +1069,8 @@ class Pipeline:
             mm, wanted = self._upcoming[0]
             if wanted is None and mm.raw is not None:
                 try:
-                    read = self._headers_read.pop(id(mm.raw), None)
-                    parsed = parse_headers(mm.raw, read[1] if read and read[0] is mm.raw else None)
+                    seen = self._headers_seen.get(id(mm.raw))
+                    parsed = seen[1] if seen and seen[0] is mm.raw else parse_headers(mm.raw)
                     self._headers_seen[id(mm.raw)] = (mm.raw, parsed)
                     wanted = self._genuine_and_approved(parsed)
                 except Exception:  # its own pass through the stages will say what is wrong

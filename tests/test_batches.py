@@ -331,16 +331,16 @@ def test_giving_back_leaves_a_message_another_instance_has_taken_over(bot: Bot) 
         assert s.get(MessageBlob, first) is not None
 
 
-def _one_per_batch(bot: Bot, monkeypatch: pytest.MonkeyPatch) -> None:
+def _batches_of(n: int, bot: Bot, monkeypatch: pytest.MonkeyPatch) -> None:
     s = bot.pipeline.settings
-    poller = s.poller.model_copy(update={"file_batch": 1})
+    poller = s.poller.model_copy(update={"file_batch": n})
     monkeypatch.setattr(bot.pipeline, "settings", s.model_copy(update={"poller": poller}))
 
 
 def test_replies_go_out_on_their_own_thread_while_the_next_message_is_decided(
     bot: Bot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _one_per_batch(bot, monkeypatch)
+    _batches_of(1, bot, monkeypatch)
     bot.deliver(*referrals(3))
     pipeline = bot.pipeline
     second_decided = threading.Event()
@@ -372,7 +372,7 @@ def test_replies_go_out_on_their_own_thread_while_the_next_message_is_decided(
 def test_a_failure_on_the_sending_thread_stops_the_pass_and_loses_nothing(
     bot: Bot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _one_per_batch(bot, monkeypatch)
+    _batches_of(1, bot, monkeypatch)
     bot.deliver(*referrals(3))
     real_send = bot.outbox.send
     sent = {"n": 0}
@@ -418,7 +418,7 @@ def test_an_in_memory_database_keeps_sending_on_the_pollers_thread(bot: Bot) -> 
 def test_the_passs_own_error_is_the_one_reported_when_sending_failed_too(
     bot: Bot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _one_per_batch(bot, monkeypatch)
+    _batches_of(1, bot, monkeypatch)
     bot.deliver(*referrals(2))
     asked, failed = threading.Event(), threading.Event()
     real_fetch = bot.mailbox.fetch_new
@@ -574,12 +574,6 @@ def test_a_decided_message_whose_claim_was_taken_over_is_left_to_its_new_holder(
 
 
 # ---- the next group, claimed while the last messages of this one are decided ----------------
-
-
-def _batches_of(n: int, bot: Bot, monkeypatch: pytest.MonkeyPatch) -> None:
-    s = bot.pipeline.settings
-    poller = s.poller.model_copy(update={"file_batch": n})
-    monkeypatch.setattr(bot.pipeline, "settings", s.model_copy(update={"poller": poller}))
 
 
 def test_a_stop_gives_back_the_claims_of_the_group_claimed_ahead_too(
