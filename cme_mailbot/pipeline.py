@@ -8,6 +8,7 @@ message -> send the replies. The ledger row moves forward one committed step at 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import contextvars
 import datetime as dt
@@ -209,9 +210,9 @@ _RECORD_DELIVERY = (
 
 
 _APPROVED_FOR = 5.0  # seconds a sender's approved schools are remembered within a claim group
-# With this many messages of a group left, the next group is fetched and claimed: the sandbox
-# (which takes up to six requests ahead, `sandbox._AHEAD`) starts on it while these are decided
-# and filed.
+# With this many messages of a group left, the next group (read from the mailbox meanwhile, on
+# a thread of its own: `_FetchAhead`) is claimed: the sandbox (which takes up to six requests
+# ahead, `sandbox._AHEAD`) starts on it while these are decided and filed.
 _LOOK_AHEAD = 6
 
 
@@ -346,6 +347,9 @@ class Pipeline:
         # During a pass, decisions commit without waiting for the disk; `_finish` makes them
         # durable, all at once, before it moves a message or sends a reply.
         self._defer_decisions = False
+        # Held while the mailbox is used, by the poller (to file) and by the thread fetching
+        # the next claim group (`_FetchAhead`): a mailbox serves one thread at a time.
+        self._mailbox_lock = threading.Lock()
 
     # ---- one pass ------------------------------------------------------------------------
 
@@ -412,13 +416,16 @@ class Pipeline:
         max_age = self.settings.poller.lease_seconds / 4
         self._sending = _SendingThread(self._send_decided) if self._threads_share_db else None
         self._defer_decisions = True
-        groups = _groups(messages, self.settings.poller.file_batch, _GROUP_BYTES)
+        groups = _FetchAhead(
+            _groups(messages, self.settings.poller.file_batch, _GROUP_BYTES), self._mailbox_lock
+        )
         try:
             try:
                 current = self._claim_group(groups)
                 while current is not None:
                     group, claims = current
                     current = None
+                    groups.start()  # the next group is read from the mailbox meanwhile
                     # The next group, claimed while this one's last messages are decided, so the
                     # sandbox has them to start on while this group is filed and answered.
                     ahead: tuple[list[MailboxMessage], list[_Claim]] | None = None
@@ -474,6 +481,7 @@ class Pipeline:
                         raise ahead_error
             finally:  # decided ones are filed and answered whatever stopped the loop
                 self._defer_decisions = False
+                groups.close()
                 if batch:
                     done, batch = batch, []
                     self._finish(done)
@@ -482,12 +490,10 @@ class Pipeline:
             raise
         self._end_sending(None)
 
-    def _claim_group(
-        self, groups: Iterator[list[MailboxMessage]]
-    ) -> tuple[list[MailboxMessage], list[_Claim]] | None:
+    def _claim_group(self, groups: _FetchAhead) -> tuple[list[MailboxMessage], list[_Claim]] | None:
         """Fetch the next group and claim it (one transaction); its new messages join the queue
         of those to send ahead to the sandbox. None when the mailbox has no more."""
-        group = next(groups, None)
+        group = groups.take()
         if group is None:
             return None
         headers: dict[int, Message] = {}
@@ -672,7 +678,8 @@ class Pipeline:
         filed: list[tuple[int, str]] = []
         for folder, group in by_folder.items():
             try:
-                self.mailbox.file_many([d.location for d in group], folder)
+                with self._mailbox_lock:
+                    self.mailbox.file_many([d.location for d in group], folder)
             except MailboxError as exc:
                 log.warning("file_failed", error=str(exc), count=len(group))
                 continue  # still DECIDED: the next pass files them
@@ -1276,7 +1283,8 @@ class Pipeline:
         # earlier in this pass: nothing moves on a decision a power cut could still undo.
         make_durable(self.engine)
         try:
-            self.mailbox.file(location, folder)
+            with self._mailbox_lock:
+                self.mailbox.file(location, folder)
         except MailboxError as exc:
             log.warning("file_failed", error=str(exc))
             return  # still DECIDED: the next pass files it
@@ -1382,12 +1390,17 @@ class Pipeline:
             self.sent_total += 1
         return _Delivery(email_id, attempts, state, error, retry_at)
 
-    def _record(self, deliveries: list[_Delivery], *, filed: list[tuple[int, str]]) -> None:
-        """One transaction: what became of these emails, and which messages were filed."""
+    def _record(
+        self, deliveries: list[_Delivery], *, filed: list[tuple[int, str]], defer: bool = False
+    ) -> None:
+        """One transaction: what became of these emails, and which messages were filed. With
+        `defer`, it commits without waiting for the disk: the caller takes it there."""
         if not deliveries and not filed:
             return
         now = self.clock()
         with self.engine.begin() as conn:
+            if defer:
+                defer_durability(conn)
             if filed:
                 conn.execute(
                     _MARK_FILED,
@@ -1408,6 +1421,51 @@ class Pipeline:
                         for d in deliveries
                     ],
                 )
+
+
+class _FetchAhead:
+    """The claim groups of a pass, each read from the mailbox on a thread of its own while the
+    poller decides the group before it (`start`, then `take`): the IMAP fetch waits on the
+    network, and the poller and the sandbox worker go on meanwhile. One group at a time is
+    read ahead, so no more messages are in memory than when the fetch waited in line. The
+    thread holds `lock` while it reads; the poller holds it to file. A fetch's error is raised
+    by `take`, in the poller, as the fetch's own would have been."""
+
+    def __init__(self, groups: Iterator[list[MailboxMessage]], lock: threading.Lock) -> None:
+        self._groups = groups
+        self._lock = lock
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pending: concurrent.futures.Future[list[MailboxMessage] | None] | None = None
+
+    def start(self) -> None:
+        """Begin reading the next group, unless that has begun already."""
+        if self._pending is not None:
+            return
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, "cme-fetch")
+        # Log lines keep the pass's context (the mailbox).
+        self._pending = self._executor.submit(contextvars.copy_context().run, self._next)
+
+    def take(self) -> list[MailboxMessage] | None:
+        """The next group (None when the mailbox has no more), waiting for it if need be."""
+        self.start()
+        assert self._pending is not None
+        pending, self._pending = self._pending, None
+        return pending.result()
+
+    def close(self) -> None:
+        """Wait for a read in hand to end (its group is not claimed, so a later pass has it);
+        the mailbox is the poller's alone again."""
+        pending, self._pending = self._pending, None
+        executor, self._executor = self._executor, None
+        if pending is not None:
+            concurrent.futures.wait([pending])
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+    def _next(self) -> list[MailboxMessage] | None:
+        with self._lock:
+            return next(self._groups, None)
 
 
 @dataclass(frozen=True)

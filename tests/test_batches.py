@@ -670,3 +670,111 @@ def test_a_copy_moves_only_once_the_decisions_before_it_are_on_the_disk(
     summary = bot.poll()
     assert summary.done == 1 and len(bot.sent_to()) == 1 and bot.inbox() == []
     assert events[:2] == ["durable", "move"]  # the copy, filed where the original goes
+
+
+# ---- the next group, read from the mailbox on a thread of its own ------------------------------
+
+
+def _reading(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch, at: int, wait: Callable[[], object]
+) -> list[str]:
+    """Wrap the mailbox's fetch so that `wait()` runs before message number `at` (1-based) is
+    read; returns the names of the threads the messages were read on."""
+    real = bot.mailbox.fetch_new
+    threads: list[str] = []
+
+    def fetch_new(known: Any = frozenset()) -> Iterator[Any]:
+        for n, mm in enumerate(real(known), start=1):
+            if n == at:
+                wait()
+            threads.append(threading.current_thread().name)
+            yield mm
+
+    monkeypatch.setattr(bot.mailbox, "fetch_new", fetch_new)
+    return threads
+
+
+def test_the_next_group_is_read_on_its_own_thread_while_this_one_is_decided(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _batches_of(8, bot, monkeypatch)
+    bot.deliver(*referrals(16))
+    reading = threading.Event()
+    # The second group's first message is read while the first group's first is being decided:
+    # that decision waits until it has been (it would wait in vain were the read in line).
+    threads = _reading(bot, monkeypatch, 9, reading.set)
+    seen = {"n": 0}
+    real_decide = bot.pipeline._decide
+
+    def decide(mm: Any, claim: Any) -> Any:
+        seen["n"] += 1
+        if seen["n"] == 1:
+            assert reading.wait(30), "the next group was not read ahead"
+        return real_decide(mm, claim)
+
+    monkeypatch.setattr(bot.pipeline, "_decide", decide)
+    summary = bot.poll()
+    assert summary.done == 16 and bot.inbox() == [] and len(bot.sent_to()) == 16
+    assert len(threads) == 16 and all(t.startswith("cme-fetch") for t in threads)
+    assert not any(t.name.startswith("cme-fetch") for t in threading.enumerate())
+
+
+def test_the_mailbox_serves_one_thread_at_a_time(bot: Bot, monkeypatch: pytest.MonkeyPatch) -> None:
+    _batches_of(2, bot, monkeypatch)
+    bot.deliver(*referrals(8))
+    inside, most = [0], [0]
+    guard = threading.Lock()
+
+    def using(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            with guard:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            try:
+                threading.Event().wait(0.01)  # long enough for another thread to come in
+                return fn(*args, **kwargs)
+            finally:
+                with guard:
+                    inside[0] -= 1
+
+        return wrapped
+
+    real_fetch = bot.mailbox.fetch_new
+
+    def fetch_new(known: Any = frozenset()) -> Iterator[Any]:
+        messages = real_fetch(known)
+        while (mm := using(next)(messages, None)) is not None:
+            yield mm
+
+    monkeypatch.setattr(bot.mailbox, "fetch_new", fetch_new)
+    monkeypatch.setattr(bot.mailbox, "file_many", using(bot.mailbox.file_many))
+    summary = bot.poll()
+    assert summary.done == 8 and bot.inbox() == [] and len(bot.sent_to()) == 8
+    assert most[0] == 1
+
+
+def test_a_stop_waits_for_the_group_being_read_and_claims_none_of_it(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _batches_of(8, bot, monkeypatch)
+    bot.deliver(*referrals(16))
+    stopped = threading.Event()
+    _reading(bot, monkeypatch, 9, lambda: stopped.wait(30))  # read on once the stop is asked
+    pipeline = bot.pipeline
+    real_decide = pipeline._decide
+
+    def decide(mm: Any, claim: Any) -> Any:
+        out = real_decide(mm, claim)
+        pipeline.stop_requested.set()
+        stopped.set()
+        return out
+
+    monkeypatch.setattr(pipeline, "_decide", decide)
+    summary = bot.poll()
+    assert summary.done == 1 and len(bot.sent_to()) == 1 and len(bot.inbox()) == 15
+    assert [m["state"] for m in bot.messages()] == ["filed"]  # nothing else claimed
+    assert not any(t.name.startswith("cme-fetch") for t in threading.enumerate())
+    monkeypatch.setattr(pipeline, "_decide", real_decide)
+    pipeline.stop_requested.clear()
+    summary = bot.poll()
+    assert summary.done == 15 and bot.inbox() == [] and len(bot.sent_to()) == 16
