@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -109,6 +110,23 @@ def test_fetch_returns_the_appended_bytes_unchanged_with_uidvalidity_in_location
     assert got.raw == raw
     assert got.size == len(raw)
     assert got.location == f"{validity}:{uids(other)[0]}"
+    mb.close()
+
+
+def test_no_message_content_is_formatted_for_imaplib_debugging_even_when_logged(
+    dovecot: DovecotServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # IMAPClient turns imaplib's debugging to its highest level, routed to a logger: imaplib
+    # would format every body into text (memory, time) and a DEBUG handler would record it.
+    mb = mailbox(dovecot)
+    raw = message(7)
+    mb.append(raw)
+    with caplog.at_level(logging.DEBUG, logger="imapclient"):
+        [got] = list(mb.fetch_new())
+    assert got.raw == raw
+    assert mb._client._imap.debug == 0
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "pupil 7" not in logged and "Referral 7" not in logged
     mb.close()
 
 

@@ -364,6 +364,12 @@ class ImapMailbox:
             ssl_context=self._ssl_context,
             timeout=s.timeout_seconds,  # connect, and every read and write
         )
+        # IMAPClient turns imaplib's own debugging up to its highest level (5), to route it to
+        # the "imapclient.imaplib" logger. imaplib then formats every response, message bodies
+        # included, whether or not that logger is enabled: a copy of each body as text, and, for
+        # a fetch, the text of the whole response again (a 34 MB message cost 112 MB of memory
+        # and 2 % of the drain). Children's details must never reach a log either. Off.
+        client._imap.debug = 0
         try:
             if s.security == "starttls":
                 client.starttls(ssl_context=self._ssl_context)  # no STARTTLS offered -> error
