@@ -19,6 +19,7 @@ import os
 import queue
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -248,6 +249,34 @@ def _groups(
             group, size = [], 0
     if group:
         yield group
+
+
+# A message at least this large is written to SQLite in pieces (`_insert_blobs`).
+_BLOB_PIECE = 1 << 20
+
+
+def _insert_blobs(conn: Connection, blobs: list[dict[str, Any]]) -> None:
+    """Store messages' bytes ({"inbound_id", "raw"} each). On SQLite a large one is inserted as
+    zeros and then written in pieces (incremental blob I/O): bound as a parameter, it would be
+    copied whole into SQLite's memory, and a 25 MB attachment would need twice its size."""
+    raw_conn = conn.connection.dbapi_connection if conn.dialect.name == "sqlite" else None
+    small: list[dict[str, Any]] = []
+    large: list[dict[str, Any]] = []
+    for blob in blobs:
+        piecewise = raw_conn is not None and len(blob["raw"]) >= _BLOB_PIECE
+        (large if piecewise else small).append(blob)
+    if small:
+        conn.execute(insert(_BLOB), small)
+    for blob in large:
+        assert isinstance(raw_conn, sqlite3.Connection)
+        data = memoryview(blob["raw"])
+        conn.execute(
+            insert(_BLOB).values(inbound_id=blob["inbound_id"], raw=func.zeroblob(len(data)))
+        )
+        # inbound_id, the INTEGER PRIMARY KEY, is the table's rowid.
+        with raw_conn.blobopen(_BLOB.name, "raw", blob["inbound_id"]) as out:
+            for start in range(0, len(data), _BLOB_PIECE):
+                out.write(data[start : start + _BLOB_PIECE])
 
 
 class _Skip:
@@ -781,8 +810,7 @@ class Pipeline:
                     for row_id, mm in zip(ids, mms, strict=True)
                     if mm.raw is not None
                 ]
-                if blobs:
-                    conn.execute(insert(_BLOB), blobs)
+                _insert_blobs(conn, blobs)
         except IntegrityError:
             if len(mms) > 1 or later_if_known:
                 # One of them is known already: each is claimed on its own when its turn comes,

@@ -8,6 +8,7 @@ recorded, a reply whose claim ran out and was taken over, a sandbox that cannot 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import signal
 import tempfile
 import threading
@@ -778,3 +779,31 @@ def test_a_stop_waits_for_the_group_being_read_and_claims_none_of_it(
     pipeline.stop_requested.clear()
     summary = bot.poll()
     assert summary.done == 15 and bot.inbox() == [] and len(bot.sent_to()) == 16
+
+
+def test_a_large_message_is_stored_whole_however_it_is_written(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Over a megabyte, SQLite is given the bytes in pieces (no second whole copy in memory).
+    opened: list[int] = []
+    real_open = WriteLockedConnection.blobopen
+
+    def blobopen(self: WriteLockedConnection, *args: Any, **kwargs: Any) -> Any:
+        opened.append(args[2])
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(WriteLockedConnection, "blobopen", blobopen)
+    values = referral_values(dt.date.today(), upn=make_upn(serial=900))
+    big = referral_email(
+        subject="CME referral with photos",
+        attachments=[("referral.pdf", fill_pdf(values)), ("photos.bin", os.urandom(3 << 20))],
+    )
+    small = referrals(1)[0]
+    bot.deliver(big, small)
+    summary = bot.poll()
+    assert summary.done == 2
+    with Session(bot.engine) as s:
+        stored = sorted(len(b.raw) for b in s.exec(select(MessageBlob)).all())
+        raws = {bytes(b.raw) for b in s.exec(select(MessageBlob)).all()}
+    assert stored == sorted([len(big), len(small)]) and raws == {big, small}
+    assert len(opened) == (1 if bot.engine.dialect.name == "sqlite" else 0)  # the large one
