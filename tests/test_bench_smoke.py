@@ -33,6 +33,7 @@ def test_bench_runs_and_prints_the_table() -> None:
         "baseline: fetch + mail-parser",
         "drain: poll --once",
         "throughput ratio drain/baseline",
+        "reference: baseline, imaplib debugging off",
         "ack latency p50 / p95 (n=2)",
         "peak RSS poller",
         "memory phase",
