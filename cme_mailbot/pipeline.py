@@ -212,9 +212,9 @@ _RECORD_DELIVERY = (
 
 _APPROVED_FOR = 5.0  # seconds a sender's approved schools are remembered within a claim group
 # With this many messages of a group left, the next group (read from the mailbox meanwhile, on
-# a thread of its own: `_FetchAhead`) is claimed: the sandbox (which takes up to six requests
-# ahead, `sandbox._AHEAD`) starts on it while these are decided and filed.
-_LOOK_AHEAD = 6
+# a thread of its own: `_FetchAhead`) is claimed: the sandbox (which takes up to as many
+# requests ahead, `sandbox._AHEAD`) starts on it while these are decided and filed.
+_LOOK_AHEAD = 12
 
 
 class _Later:
