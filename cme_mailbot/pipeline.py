@@ -446,7 +446,7 @@ class Pipeline:
         self._sending = _SendingThread(self._send_decided) if self._threads_share_db else None
         self._defer_decisions = True
         groups = _FetchAhead(
-            _groups(messages, self.settings.poller.file_batch, _GROUP_BYTES), self._mailbox_lock
+            messages, self.settings.poller.file_batch, _GROUP_BYTES, self._mailbox_lock
         )
         try:
             try:
@@ -510,10 +510,12 @@ class Pipeline:
                         raise ahead_error
             finally:  # decided ones are filed and answered whatever stopped the loop
                 self._defer_decisions = False
-                groups.close()
-                if batch:
-                    done, batch = batch, []
-                    self._finish(done)
+                try:
+                    groups.close()
+                finally:
+                    if batch:
+                        done, batch = batch, []
+                        self._finish(done)
         except BaseException as exc:
             self._end_sending(exc)
             raise
@@ -1418,17 +1420,12 @@ class Pipeline:
             self.sent_total += 1
         return _Delivery(email_id, attempts, state, error, retry_at)
 
-    def _record(
-        self, deliveries: list[_Delivery], *, filed: list[tuple[int, str]], defer: bool = False
-    ) -> None:
-        """One transaction: what became of these emails, and which messages were filed. With
-        `defer`, it commits without waiting for the disk: the caller takes it there."""
+    def _record(self, deliveries: list[_Delivery], *, filed: list[tuple[int, str]]) -> None:
+        """One transaction: what became of these emails, and which messages were filed."""
         if not deliveries and not filed:
             return
         now = self.clock()
         with self.engine.begin() as conn:
-            if defer:
-                defer_durability(conn)
             if filed:
                 conn.execute(
                     _MARK_FILED,
@@ -1456,12 +1453,21 @@ class _FetchAhead:
     poller decides the group before it (`start`, then `take`): the IMAP fetch waits on the
     network, and the poller and the sandbox worker go on meanwhile. One group at a time is
     read ahead, so no more messages are in memory than when the fetch waited in line. The
-    thread holds `lock` while it reads; the poller holds it to file. A fetch's error is raised
-    by `take`, in the poller, as the fetch's own would have been."""
+    thread holds `lock` for each message it reads (one IMAP command at most), so the poller,
+    which holds it to file, waits for one command, never a whole group. A fetch's error is
+    raised by `take`, in the poller, as the fetch's own would have been."""
 
-    def __init__(self, groups: Iterator[list[MailboxMessage]], lock: threading.Lock) -> None:
-        self._groups = groups
+    def __init__(
+        self,
+        messages: Iterable[MailboxMessage],
+        count: int,
+        budget: int,
+        lock: threading.Lock,
+    ) -> None:
+        self._messages = iter(messages)
         self._lock = lock
+        self._closing = threading.Event()
+        self._groups = _groups(self._locked(), count, budget)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending: concurrent.futures.Future[list[MailboxMessage] | None] | None = None
 
@@ -1482,18 +1488,31 @@ class _FetchAhead:
         return pending.result()
 
     def close(self) -> None:
-        """Wait for a read in hand to end (its group is not claimed, so a later pass has it);
-        the mailbox is the poller's alone again."""
+        """Stop a read in hand after the message it is reading (its group is not claimed, so a
+        later pass has it) and wait for it: the mailbox is the poller's alone again."""
+        self._closing.set()
         pending, self._pending = self._pending, None
         executor, self._executor = self._executor, None
-        if pending is not None:
-            concurrent.futures.wait([pending])
-        if executor is not None:
-            executor.shutdown(wait=True)
+        try:
+            if pending is not None:
+                concurrent.futures.wait([pending])
+                error = pending.exception()
+                if error is not None:  # never asked for: the next pass meets it again
+                    log.info("read_ahead_dropped", error=type(error).__name__)
+        finally:
+            if executor is not None:
+                executor.shutdown(wait=True)
 
     def _next(self) -> list[MailboxMessage] | None:
-        with self._lock:
-            return next(self._groups, None)
+        return next(self._groups, None)
+
+    def _locked(self) -> Iterator[MailboxMessage]:
+        while not self._closing.is_set():
+            with self._lock:
+                mm = next(self._messages, None)
+            if mm is None:
+                return
+            yield mm
 
 
 @dataclass(frozen=True)

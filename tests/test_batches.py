@@ -33,7 +33,7 @@ from cme_mailbot.models import (
     OutboundEmail,
     OutboundState,
 )
-from cme_mailbot.pipeline import _LATER, ReleaseError, _SendingThread
+from cme_mailbot.pipeline import _LATER, _LOOK_AHEAD, ReleaseError, _FetchAhead, _SendingThread
 from cme_mailbot.samples import make_upn, referral_email, referral_values
 from cme_mailbot.sandbox import SandboxedReader, SandboxError
 from cme_mailbot.stages.extract import Extraction
@@ -698,12 +698,14 @@ def _reading(
 def test_the_next_group_is_read_on_its_own_thread_while_this_one_is_decided(
     bot: Bot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _batches_of(8, bot, monkeypatch)
-    bot.deliver(*referrals(16))
+    # Groups longer than the look-ahead, so the next is claimed only after some are decided.
+    group = _LOOK_AHEAD + 4
+    _batches_of(group, bot, monkeypatch)
+    bot.deliver(*referrals(2 * group))
     reading = threading.Event()
     # The second group's first message is read while the first group's first is being decided:
     # that decision waits until it has been (it would wait in vain were the read in line).
-    threads = _reading(bot, monkeypatch, 9, reading.set)
+    threads = _reading(bot, monkeypatch, group + 1, reading.set)
     seen = {"n": 0}
     real_decide = bot.pipeline._decide
 
@@ -715,8 +717,8 @@ def test_the_next_group_is_read_on_its_own_thread_while_this_one_is_decided(
 
     monkeypatch.setattr(bot.pipeline, "_decide", decide)
     summary = bot.poll()
-    assert summary.done == 16 and bot.inbox() == [] and len(bot.sent_to()) == 16
-    assert len(threads) == 16 and all(t.startswith("cme-fetch") for t in threads)
+    assert summary.done == 2 * group and bot.inbox() == [] and len(bot.sent_to()) == 2 * group
+    assert len(threads) == 2 * group and all(t.startswith("cme-fetch") for t in threads)
     assert not any(t.name.startswith("cme-fetch") for t in threading.enumerate())
 
 
@@ -757,10 +759,12 @@ def test_the_mailbox_serves_one_thread_at_a_time(bot: Bot, monkeypatch: pytest.M
 def test_a_stop_waits_for_the_group_being_read_and_claims_none_of_it(
     bot: Bot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _batches_of(8, bot, monkeypatch)
-    bot.deliver(*referrals(16))
+    group = _LOOK_AHEAD + 4
+    _batches_of(group, bot, monkeypatch)
+    bot.deliver(*referrals(2 * group))
     stopped = threading.Event()
-    _reading(bot, monkeypatch, 9, lambda: stopped.wait(30))  # read on once the stop is asked
+    # The next group's read goes on once the stop is asked.
+    _reading(bot, monkeypatch, group + 1, lambda: stopped.wait(30))
     pipeline = bot.pipeline
     real_decide = pipeline._decide
 
@@ -772,13 +776,31 @@ def test_a_stop_waits_for_the_group_being_read_and_claims_none_of_it(
 
     monkeypatch.setattr(pipeline, "_decide", decide)
     summary = bot.poll()
-    assert summary.done == 1 and len(bot.sent_to()) == 1 and len(bot.inbox()) == 15
+    assert summary.done == 1 and len(bot.sent_to()) == 1 and len(bot.inbox()) == 2 * group - 1
     assert [m["state"] for m in bot.messages()] == ["filed"]  # nothing else claimed
     assert not any(t.name.startswith("cme-fetch") for t in threading.enumerate())
     monkeypatch.setattr(pipeline, "_decide", real_decide)
     pipeline.stop_requested.clear()
     summary = bot.poll()
-    assert summary.done == 15 and bot.inbox() == [] and len(bot.sent_to()) == 16
+    assert summary.done == 2 * group - 1 and bot.inbox() == []
+    assert len(bot.sent_to()) == 2 * group
+
+
+def test_an_interrupt_while_the_read_ahead_ends_still_files_and_answers_the_batch(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bot.deliver(*referrals(3))
+    real_close = _FetchAhead.close
+
+    def close(self: _FetchAhead) -> None:
+        real_close(self)
+        raise KeyboardInterrupt  # a second Ctrl-C while the read in hand ends
+
+    monkeypatch.setattr(_FetchAhead, "close", close)
+    with pytest.raises(KeyboardInterrupt):
+        bot.poll()
+    assert [m["state"] for m in bot.messages()] == ["filed"] * 3
+    assert len(bot.sent_to()) == 3 and bot.inbox() == []
 
 
 def test_a_large_message_is_stored_whole_however_it_is_written(

@@ -121,7 +121,10 @@ def test_no_message_content_is_formatted_for_imaplib_debugging_even_when_logged(
     mb = mailbox(dovecot)
     raw = message(7)
     mb.append(raw)
-    with caplog.at_level(logging.DEBUG, logger="imapclient"):
+    with (
+        caplog.at_level(logging.DEBUG, logger="imapclient"),
+        caplog.at_level(logging.DEBUG, logger="imapclient.imaplib"),  # WARNING otherwise
+    ):
         [got] = list(mb.fetch_new())
     assert got.raw == raw
     assert mb._client._imap.debug == 0
