@@ -337,7 +337,7 @@ def test_a_prefetched_message_that_breaks_a_limit_is_unreadable(
 def test_up_to_twelve_messages_wait_in_the_sandbox_and_are_answered_in_order(
     sandbox: SandboxedReader, forms: dict[str, bytes]
 ) -> None:
-    # Two forms, then messages with none: all of them well inside half the pipe's bytes, the
+    # Two forms, then messages with none: all of them well inside the pipe's share of bytes, the
     # other limit on what waits.
     raws = [
         referral_email(subject=f"CME referral {i}", attachments=[(name, forms[fmt])])
