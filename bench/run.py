@@ -471,13 +471,14 @@ def _start_postgres(cleanup: Cleanup) -> Any:
 # ---- measuring ----------------------------------------------------------------------------
 
 
-def baseline(live: Deployment, batch: int = 50, *, quiet: bool = False) -> tuple[float, int]:
+def baseline(live: Deployment, expected: int, batch: int = 50, *, quiet: bool = False) -> float:
     """Fetch every message (BODY.PEEK[]) and parse each with mail-parser: nothing else.
 
     IMAPClient as it comes sets imaplib's debugging to 5, so imaplib formats each response, the
     bodies included, into text it then drops (logger disabled). cme-mailbot turns that off.
     The baseline (ISSUE 7's "imapclient fetch plus mail-parser parse") keeps IMAPClient's
-    default; with `quiet`, for reference, it is turned off as cme-mailbot does."""
+    default; with `quiet`, for reference, it is turned off as cme-mailbot does. Seconds taken;
+    BenchError unless it read `expected` messages."""
     import mailparser
 
     started = time.perf_counter()
@@ -494,7 +495,10 @@ def baseline(live: Deployment, batch: int = 50, *, quiet: bool = False) -> tuple
                 parsed += 1
     finally:
         client.logout()
-    return time.perf_counter() - started, parsed
+    seconds = time.perf_counter() - started
+    if parsed != expected:
+        raise BenchError(f"baseline read {parsed} messages, expected {expected}")
+    return seconds
 
 
 def _status_kb(pid: int, key: str = "VmHWM") -> int:
@@ -828,12 +832,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)  # fmt: skip
 
             # The reference first: the baseline proper then meets a server as warm as it left.
-            results.quiet_baseline_s, parsed = baseline(live, quiet=True)
-            if parsed != n:
-                raise BenchError(f"baseline read {parsed} messages, expected {n}")
-            results.baseline_s, parsed = baseline(live)
-            if parsed != n:
-                raise BenchError(f"baseline read {parsed} messages, expected {n}")
+            results.quiet_baseline_s = baseline(live, n, quiet=True)
+            results.baseline_s = baseline(live, n)
             print(f"baseline {results.baseline_s:.2f} s", file=sys.stderr)
 
             results.drain = drain(live, args.profile)

@@ -676,36 +676,37 @@ def test_a_copy_moves_only_once_the_decisions_before_it_are_on_the_disk(
 # ---- the next group, read from the mailbox on a thread of its own ------------------------------
 
 
-def _reading(
-    bot: Bot, monkeypatch: pytest.MonkeyPatch, at: int, wait: Callable[[], object]
-) -> list[str]:
-    """Wrap the mailbox's fetch so that `wait()` runs before message number `at` (1-based) is
-    read; returns the names of the threads the messages were read on."""
+def _two_groups(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch, before_second: Callable[[], object]
+) -> tuple[int, list[str]]:
+    """Deliver two claim groups, each longer than the look-ahead (so the second is claimed only
+    once some of the first are decided), and run `before_second()` before the second group's
+    first message is read. Returns the group size and the names of the threads each message
+    was read on."""
+    group = _LOOK_AHEAD + 4
+    _batches_of(group, bot, monkeypatch)
+    bot.deliver(*referrals(2 * group))
     real = bot.mailbox.fetch_new
     threads: list[str] = []
 
     def fetch_new(known: Any = frozenset()) -> Iterator[Any]:
         for n, mm in enumerate(real(known), start=1):
-            if n == at:
-                wait()
+            if n == group + 1:
+                before_second()
             threads.append(threading.current_thread().name)
             yield mm
 
     monkeypatch.setattr(bot.mailbox, "fetch_new", fetch_new)
-    return threads
+    return group, threads
 
 
 def test_the_next_group_is_read_on_its_own_thread_while_this_one_is_decided(
     bot: Bot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Groups longer than the look-ahead, so the next is claimed only after some are decided.
-    group = _LOOK_AHEAD + 4
-    _batches_of(group, bot, monkeypatch)
-    bot.deliver(*referrals(2 * group))
     reading = threading.Event()
     # The second group's first message is read while the first group's first is being decided:
     # that decision waits until it has been (it would wait in vain were the read in line).
-    threads = _reading(bot, monkeypatch, group + 1, reading.set)
+    group, threads = _two_groups(bot, monkeypatch, reading.set)
     seen = {"n": 0}
     real_decide = bot.pipeline._decide
 
@@ -759,12 +760,9 @@ def test_the_mailbox_serves_one_thread_at_a_time(bot: Bot, monkeypatch: pytest.M
 def test_a_stop_waits_for_the_group_being_read_and_claims_none_of_it(
     bot: Bot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    group = _LOOK_AHEAD + 4
-    _batches_of(group, bot, monkeypatch)
-    bot.deliver(*referrals(2 * group))
     stopped = threading.Event()
     # The next group's read goes on once the stop is asked.
-    _reading(bot, monkeypatch, group + 1, lambda: stopped.wait(30))
+    group, _ = _two_groups(bot, monkeypatch, lambda: stopped.wait(30))
     pipeline = bot.pipeline
     real_decide = pipeline._decide
 
